@@ -1,0 +1,174 @@
+"""The ``dreamgen`` command line: run, export, config show, losses.
+
+User errors (bad config key, unknown loss, missing weights, empty prompt, NaN) print one line and exit 2; a run that
+is interrupted keeps its last checkpoint and says how to resume. ``DREAMGEN_DEBUG=1`` shows full tracebacks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dreamgen.errors import DreamgenError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Text-to-3D by score distillation.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configurations.")
+app.add_typer(config_app, name="config")
+log = logging.getLogger("dreamgen")
+
+
+def _guidance_flags(guidance: Optional[str]) -> dict:
+    """``--guidance`` takes a registered name, or a diffusers pipeline folder / hub id (→ stable-diffusion)."""
+    if guidance is None:
+        return {}
+    from dreamgen import registry
+
+    if guidance in registry.entries("guidance"):
+        return {"guidance.name": guidance}
+    return {"guidance.name": "stable-diffusion", "guidance.pretrained": guidance}
+
+
+@app.command()
+def run(
+    prompt: Optional[str] = typer.Argument(None, help="Text prompt, e.g. \"a red cube\"."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value, e.g. trainer.steps=500"),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Distillation loss (see `dreamgen losses`)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file or preset name in configs/."),
+    guidance: Optional[str] = typer.Option(None, "--guidance",
+                                           help="auto | shapes | stable-diffusion | a pipeline folder or hub id."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps (trainer.steps)."),
+    seed: Optional[int] = typer.Option(None, "--seed"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Parent folder of the run folder (default outputs/)."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+) -> None:
+    """Optimise a 3-D object for PROMPT and export a mesh."""
+    from dreamgen.config import compose, load_config, load_yaml, parse_dotlist
+    from dreamgen.runs import new_run_dir
+    from dreamgen.train import Trainer
+
+    overrides = list(overrides or [])
+    t0 = time.perf_counter()
+    if resume is not None:
+        if prompt is not None:
+            overrides.insert(0, prompt)  # with --resume every positional argument is an override
+        cfg_file = resume / "config.yaml"
+        if not cfg_file.exists():
+            raise DreamgenError(f"cannot resume: {resume} is not a run folder (no config.yaml)")
+        cfg = compose(load_yaml(cfg_file), parse_dotlist(overrides) if overrides else None)
+        trainer = Trainer(cfg)
+        trainer.attach(resume)
+        trainer.load_checkpoint()
+        log.info("resuming %s at step %d/%d", resume, trainer.step, cfg.trainer.steps)
+        run_dir = resume
+    else:
+        if prompt is None:
+            raise DreamgenError("missing PROMPT, e.g. dreamgen run \"a red cube\" (or --resume RUN_DIR)")
+        flags = {"prompt": prompt, "loss.name": loss, "trainer.steps": steps, "seed": seed,
+                 "out_dir": str(out) if out is not None else None, **_guidance_flags(guidance)}
+        cfg = load_config(config, overrides, **flags)
+        if not cfg.prompt.strip():
+            raise DreamgenError("the prompt is empty; give a text such as \"a red cube\"")
+        trainer = Trainer(cfg)
+        run_dir = new_run_dir(cfg.out_dir, cfg.prompt)
+        trainer.attach(run_dir)
+        log.info("run folder: %s", run_dir)
+    try:
+        trainer.fit()
+    except KeyboardInterrupt:
+        trainer.save_checkpoint()
+        raise DreamgenError(f"interrupted at step {trainer.step}; continue with: dreamgen run --resume {run_dir}")
+    t_opt = time.perf_counter() - t0
+    paths = _export(trainer.geometry, cfg, run_dir)
+    log.info("done in %.1f s (optimisation %.1f s): %s", time.perf_counter() - t0, t_opt,
+             ", ".join(str(p) for p in paths.values()))
+
+
+def _export(geometry, cfg, run_dir: Path, formats: Optional[list[str]] = None) -> dict:
+    from dreamgen.export import export_mesh
+
+    export_cfg = cfg.export
+    if formats:
+        export_cfg.formats = formats
+    return export_mesh(geometry, export_cfg, run_dir)
+
+
+@app.command()
+def export(
+    run_dir: Path = typer.Argument(..., help="A run folder written by `dreamgen run`."),
+    format: list[str] = typer.Option(["glb"], "--format", help="glb and/or obj (repeat the option)."),
+) -> None:
+    """Extract the mesh of a run's last checkpoint again (e.g. as OBJ, or with other export.* settings)."""
+    from dreamgen.train import load_scene
+
+    bad = [f for f in format if f not in ("glb", "obj")]
+    if bad:
+        raise DreamgenError(f"unknown format {bad[0]!r}; valid formats: glb, obj")
+    cfg, scene, step = load_scene(run_dir)
+    paths = _export(scene.particles[0], cfg, run_dir, formats=list(format))
+    log.info("exported step %d: %s", step, ", ".join(str(p) for p in paths.values()))
+
+
+@config_app.command("show")
+def config_show(
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value."),
+    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file or preset name."),
+    loss: Optional[str] = typer.Option(None, "--loss"),
+    guidance: Optional[str] = typer.Option(None, "--guidance"),
+) -> None:
+    """Print the fully resolved configuration."""
+    from dreamgen.config import load_config, to_yaml
+
+    cfg = load_config(config, list(overrides or []), **{"loss.name": loss, **_guidance_flags(guidance)})
+    typer.echo(to_yaml(cfg), nl=False)
+
+
+@app.command()
+def losses() -> None:
+    """List every distillation loss: summary, paper, extra state, denoiser evaluations per step."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from dreamgen import registry
+
+    table = Table(title="distillation losses (--loss NAME)")
+    for col in ("name", "summary", "paper", "extra state", "NFE/step"):
+        table.add_column(col, overflow="fold")
+    for name, e in sorted(registry.entries("loss").items()):
+        table.add_row(name, e.summary, str(e.meta.get("paper", "")), str(e.meta.get("state", "")),
+                      str(e.meta.get("nfe", "")))
+    Console(width=160).print(table)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    debug = bool(os.environ.get("DREAMGEN_DEBUG"))
+    try:
+        app(standalone_mode=False)
+    except DreamgenError as e:
+        if debug:
+            raise
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:  # click usage errors and unexpected failures: one line, no traceback dump
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if debug:
+            raise
+        typer.echo(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                   "(set DREAMGEN_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)

@@ -1,0 +1,72 @@
+"""The guidance interface every distillation loss talks to.
+
+A guidance wraps a frozen ε-prediction denoiser and nothing else: the encoder from renders to its space (VAE latents
+for Stable Diffusion, identity-like for a pixel-space prior), its text encoder, and its noise schedule. Losses never
+touch diffusers objects directly, so every loss works with every guidance.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Guidance(nn.Module):
+    """Frozen text-conditioned denoiser.
+
+    Attributes set by subclasses:
+        alphas_cumprod: [T] float32 tensor on the guidance's device (ᾱ_t of the training schedule).
+        image_size: side of the square RGB images ``encode_images`` expects (renders are resized to it).
+        latent_channels: C of the space the losses work in.
+    """
+
+    alphas_cumprod: Tensor
+    image_size: int
+    latent_channels: int
+
+    @property
+    def num_train_timesteps(self) -> int:
+        return int(self.alphas_cumprod.shape[0])
+
+    @property
+    def device(self) -> torch.device:
+        return self.alphas_cumprod.device
+
+    def encode_images(self, rgb: Tensor) -> Tensor:
+        """rgb: [B,H,W,3] in [0,1] -> x: [B,C,h,w], differentiable w.r.t. rgb."""
+        raise NotImplementedError
+
+    def decode(self, x: Tensor) -> Tensor:
+        """x: [B,C,h,w] -> rgb: [B,H,W,3] in [0,1] (for previews and pixel-space losses)."""
+        raise NotImplementedError
+
+    def encode_text(self, prompts: list[str]) -> Tensor:
+        """prompts -> embeddings [N, ...]; batch-first so that rows can be indexed and concatenated.
+
+        Raises :class:`dreamgen.errors.PromptError` for prompts the model cannot encode.
+        """
+        raise NotImplementedError
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor) -> Tensor:
+        """ε-prediction. x_t: [B,C,h,w], t: [B] long in [0,T), text_emb: [B,...] -> eps: [B,C,h,w].
+
+        Models trained with v- or x0-prediction convert to ε here, so callers see one parameterisation.
+        """
+        raise NotImplementedError
+
+    def trainable_copy(self, lora_rank: int, camera_dim: int = 16) -> "TrainableScore":
+        """A LoRA copy of the denoiser with a camera embedding, for VSD/ESD/ASD's particle score ε_ψ."""
+        raise NotImplementedError(f"{type(self).__name__} does not provide a trainable copy")
+
+
+class TrainableScore(nn.Module):
+    """ε_ψ(x_t, t, y, c): a trainable (LoRA) copy of a guidance denoiser, conditioned on a camera.
+
+    ``camera`` is [B, camera_dim] (flattened c2w) or None for the camera-free score (the null camera, i.e. zeros).
+    """
+
+    def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
+        raise NotImplementedError
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]

@@ -1,0 +1,121 @@
+"""Run folders and atomic file writes.
+
+A run folder ``outputs/<prompt-slug>-<YYYYmmdd-HHMMSS>/`` holds the resolved ``config.yaml``, ``checkpoints/``,
+``previews/``, ``metrics.jsonl`` and the exported mesh. Every file is written to a temporary name in the same folder
+and renamed into place, so an interrupted write never leaves a half-written file or destroys an earlier one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from PIL import Image
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on failure remove it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
+    """[H,W,3] float in [0,1] -> uint8."""
+    if isinstance(img, torch.Tensor):
+        img = img.detach().float().cpu().numpy()
+    return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+
+
+def save_png(path: Path, img: torch.Tensor | np.ndarray) -> None:
+    buf = io.BytesIO()
+    Image.fromarray(to_uint8(img) if img.dtype != np.uint8 else img).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:
+    """rows: list of [N,H,W,3] -> one [rows*H, N*W, 3] image."""
+    return torch.cat([torch.cat(list(r), dim=1) for r in rows], dim=0)
+
+
+def slugify(text: str, max_len: int = 40) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return (slug[:max_len].rstrip("-")) or "run"
+
+
+def new_run_dir(out_dir: str | Path, prompt: str) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(out_dir) / f"{slugify(prompt)}-{stamp}"
+    path, i = base, 1
+    while path.exists():  # two runs of one prompt in the same second
+        path = base.with_name(f"{base.name}-{i}")
+        i += 1
+    (path / "checkpoints").mkdir(parents=True)
+    (path / "previews").mkdir()
+    return path
+
+
+class MetricsLog:
+    """Append-only JSONL log (one flushed line per record: a crash loses at most the line being written)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int) -> None:
+        """On resume, drop records past the checkpoint's step so the log matches the restored state."""
+        if not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.path.exists():
+            return []
+        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+
+
+def timed(fn: Callable[[], Any], sync: bool) -> tuple[Any, float]:
+    if sync:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if sync:
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0

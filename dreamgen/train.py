@@ -1,0 +1,302 @@
+"""The optimisation loop: render random cameras, score them with a distillation loss, step Adam.
+
+One step (the hot path): cameras → volume render → guidance encode → loss (guidance forward inside) → backward →
+optimiser. Each phase is timed; ``scripts/bench.py`` reports the breakdown. Checkpoints hold everything needed to
+continue bit-for-bit on CPU: parameters, optimiser, the loss's own state (LoRA, fixed noise...), and RNG states.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from dreamgen import registry
+from dreamgen.cameras import CameraSampler, Cameras, rays
+from dreamgen.config import RunConfig, to_yaml
+from dreamgen.errors import DreamgenError, NonFiniteError
+from dreamgen.guidance.auto import build_guidance
+from dreamgen.losses.base import LossInput
+from dreamgen.losses.core import scheduled
+from dreamgen.prompts import PromptSet
+from dreamgen.render.background import Background
+from dreamgen.render.volume import VolumeRenderer
+from dreamgen.runs import MetricsLog, atomic_torch_save, atomic_write_text, image_grid, save_png, timed
+
+log = logging.getLogger("dreamgen")
+
+PHASES = ("render", "encode", "loss", "backward", "optimizer")
+
+
+@dataclass
+class TrainerConfig:
+    steps: int = 1000
+    lr: float = 0.01  # hash-grid tables
+    lr_net: float = 0.001  # density/albedo MLPs
+    lr_background: float = 0.001
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    adam_eps: float = 1e-15
+    checkpoint_every: int = 100
+    preview_every: int = 100  # 0 disables intermediate previews (the final strip is always written)
+    preview_views: int = 8
+    preview_resolution: int = 64
+    log_every: int = 1
+    mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
+    # Regulariser weights; each may be a schedule [start_step, v0, v1, end_step].
+    lambda_orient: Any = 0.0
+    lambda_sparsity: Any = 0.0
+    lambda_opacity: Any = 0.0
+    particles: int = 1  # independent 3-D particles sharing one loss (VSD particles, RSD)
+    progress: bool = True
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DreamgenError(f"device {name!r} requested but CUDA is not available; use device=cpu")
+    return dev
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+class Scene(nn.Module):
+    """The optimised 3-D content: P geometry particles sharing one background, each with its renderer."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        geo_entry = registry.lookup("geometry", cfg.geometry.name)
+        self.particles = nn.ModuleList([geo_entry.cls(cfg.geometry) for _ in range(max(1, cfg.trainer.particles))])
+        self.background = Background(cfg.background)
+        self.renderers = nn.ModuleList([VolumeRenderer(g, self.background, cfg.renderer) for g in self.particles])
+
+
+def load_scene(run_dir: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, Scene, int]:
+    """Rebuild a run's scene from its ``config.yaml`` and last checkpoint (no guidance needed): export, eval."""
+    from dreamgen.config import from_yaml_file
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise DreamgenError(f"{run_dir} is not a run folder (no config.yaml)")
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    if not ckpt.exists():
+        raise DreamgenError(f"{run_dir} has no checkpoint yet ({ckpt} is missing)")
+    cfg = from_yaml_file(run_dir / "config.yaml")
+    scene = Scene(cfg).to(device)
+    state = torch.load(ckpt, map_location=device, weights_only=False)
+    scene.load_state_dict(state["scene"])
+    return cfg, scene, int(state["step"])
+
+
+class Trainer:
+    """Owns the components of one run and writes its folder (``run_dir`` may be attached after construction, so
+    a failure while building components leaves no empty folder behind)."""
+
+    def __init__(self, cfg: RunConfig, run_dir: Path | None = None, guidance=None):
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        seed_everything(cfg.seed)
+        tc: TrainerConfig = cfg.trainer
+
+        if guidance is None:
+            guidance, cfg.guidance = build_guidance(cfg.guidance, self.device)
+        self.guidance = guidance
+        self.prompts = PromptSet(guidance, cfg.prompt, cfg.prompts, view_prompts=self._debiased_prompts())
+
+        self.scene = Scene(cfg).to(self.device)
+        self.particles, self.background, self.renderers = (self.scene.particles, self.scene.background,
+                                                           self.scene.renderers)
+        self.sampler = CameraSampler(cfg.camera)
+        self.camera_gen = torch.Generator().manual_seed(cfg.seed)
+
+        self.loss = registry.lookup("loss", cfg.loss.name).cls(cfg.loss, guidance).to(self.device)
+        groups: list[dict[str, Any]] = []
+        for g in self.particles:
+            groups += g.param_groups(tc.lr, tc.lr_net)
+        groups.append({"params": list(self.background.parameters()), "lr": tc.lr_background, "name": "background"})
+        groups = [g for g in groups if g["params"]]
+        self.optimizer = torch.optim.Adam(groups, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+
+        self.step = 0
+        if run_dir is not None:
+            self.attach(run_dir)
+        self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
+                         if self.device.type == "cuda" and tc.mixed_precision else nullcontext())
+
+    def _debiased_prompts(self) -> dict[str, str] | None:
+        """D-SDS prompt debiasing, when the loss config names a masked language model."""
+        model = getattr(self.cfg.loss, "prompt_debias_model", "")
+        if not model:
+            return None
+        from dreamgen.cameras import VIEWS
+        from dreamgen.prompt_debias import debias_view_prompts
+
+        per_view = debias_view_prompts(self.cfg.prompt, VIEWS, model, self.cfg.loss.prompt_debias_threshold)
+        log.info("debiased view prompts: %s", per_view)
+        return per_view
+
+    def attach(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
+
+    @property
+    def geometry(self):
+        return self.particles[0]
+
+    # ---- one optimisation step ----------------------------------------------------------------------------------
+    def train_step(self) -> dict[str, float]:
+        tc, step = self.cfg.trainer, self.step
+        sync = self.device.type == "cuda"
+        times: dict[str, float] = {}
+        cams = self.sampler.sample(step, generator=self.camera_gen).to(self.device)
+
+        with self.autocast:
+            outs, times["render"] = timed(lambda: [r(cams, shading="random", train=True) for r in self.renderers],
+                                          sync)
+            rgb = torch.cat([o["rgb"] for o in outs])  # [P*B,H,W,3], particle-major
+            x, times["encode"] = timed(lambda: self.guidance.encode_images(rgb), sync)
+            inp = self._loss_input(x, rgb, outs, cams)
+            loss_out, times["loss"] = timed(lambda: self.loss(inp), sync)
+            reg = self._regularisers(outs, step)
+            total = loss_out.loss + sum(reg.values())
+
+        if not torch.isfinite(total):
+            raise NonFiniteError(
+                f"loss became {total.item()} at step {step}; lower trainer.lr or the guidance scale "
+                f"(the last checkpoint in {self.run_dir / 'checkpoints'} is intact and can be resumed)")
+        self.optimizer.zero_grad(set_to_none=True)
+        _, times["backward"] = timed(total.backward, sync)
+        _, times["optimizer"] = timed(self.optimizer.step, sync)
+        self.step = step + 1
+
+        record = {"step": self.step, "loss": float(total.detach()), "distill": float(loss_out.loss.detach()),
+                  **{k: float(v.detach()) for k, v in reg.items()}, **loss_out.logs,
+                  **{f"time_{k}": v for k, v in times.items()}}
+        return record
+
+    def _loss_input(self, x, rgb, outs, cams: Cameras) -> LossInput:
+        P, B = len(self.particles), len(cams)
+        view_idx = cams.view_idx.repeat(P)
+        opacity = torch.cat([o["opacity"] for o in outs])
+        depth = torch.cat([o["depth"] for o in outs])
+        origins, dirs = rays(cams)  # [B,H,W,3]
+        points = (origins.repeat(P, 1, 1, 1) + dirs.repeat(P, 1, 1, 1) * depth).detach()  # [P*B,H,W,3]
+        return LossInput(
+            x=x, cond=self.prompts.cond(view_idx), uncond=self.prompts.uncond_batch(P * B), step=self.step,
+            total_steps=self.cfg.trainer.steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
+            opacity=opacity, points=points, n_particles=P)
+
+    def _regularisers(self, outs: list[dict], step: int) -> dict[str, torch.Tensor]:
+        tc = self.cfg.trainer
+        reg = {}
+        for key, lam in (("orient_loss", tc.lambda_orient), ("sparsity_loss", tc.lambda_sparsity),
+                         ("opacity_loss", tc.lambda_opacity)):
+            w = scheduled(lam, step)
+            if w > 0 and key in outs[0]:
+                reg[key] = w * sum(o[key] for o in outs) / len(outs)
+        return reg
+
+    # ---- loop ---------------------------------------------------------------------------------------------------
+    def fit(self) -> None:
+        tc = self.cfg.trainer
+        if self.step == 0:
+            atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
+        bar = _progress(tc.steps, self.step, enabled=tc.progress)
+        try:
+            while self.step < tc.steps:
+                record = self.train_step()
+                if self.step % max(tc.log_every, 1) == 0 or self.step == tc.steps:
+                    self.metrics.write(record)
+                if tc.preview_every and self.step % tc.preview_every == 0:
+                    self.save_preview(self.run_dir / "previews" / f"step_{self.step:06d}.png")
+                if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                    self.save_checkpoint()
+                bar.update(1)
+                bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+        finally:
+            bar.close()
+        self.save_preview(self.run_dir / "previews" / "final.png")
+
+    # ---- previews -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def render_views(self, n_views: int, resolution: int, shading: str = "lambertian", particle: int = 0):
+        cams = self.sampler.orbit(n_views, resolution).to(self.device)
+        return self.renderers[particle](cams, shading=shading, train=False)
+
+    @torch.no_grad()
+    def save_preview(self, path: Path) -> None:
+        tc = self.cfg.trainer
+        rows = []
+        for p in range(len(self.particles)):
+            shaded = self.render_views(tc.preview_views, tc.preview_resolution, "lambertian", p)
+            albedo = self.render_views(tc.preview_views, tc.preview_resolution, "albedo", p)
+            normal = shaded.get("normal")
+            rows += [shaded["rgb"], albedo["rgb"]]
+            if normal is not None:
+                rows.append(normal * 0.5 + 0.5)
+        save_png(path, image_grid([r.float().cpu() for r in rows]))
+
+    # ---- checkpoints --------------------------------------------------------------------------------------------
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoints" / "last.pt"
+
+    def save_checkpoint(self) -> None:
+        state = {
+            "step": self.step,
+            "scene": self.scene.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "loss": self.loss.checkpoint_state(),
+            "rng": {"torch": torch.get_rng_state(), "camera": self.camera_gen.get_state(),
+                    "numpy": np.random.get_state(), "python": random.getstate(),
+                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+        }
+        atomic_torch_save(state, self.checkpoint_path())
+
+    def load_checkpoint(self, path: Path | None = None) -> None:
+        path = Path(path or self.checkpoint_path())
+        if not path.exists():
+            raise DreamgenError(f"no checkpoint to resume from: {path} does not exist")
+        state = torch.load(path, map_location=self.device, weights_only=False)
+        self.scene.load_state_dict(state["scene"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.loss.load_checkpoint_state(state["loss"])
+        rng = state["rng"]
+        torch.set_rng_state(rng["torch"])
+        self.camera_gen.set_state(rng["camera"])
+        np.random.set_state(rng["numpy"])
+        random.setstate(rng["python"])
+        if rng.get("cuda") is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        self.step = int(state["step"])
+        self.metrics.truncate_after(self.step)
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="optimising", unit="step",
+                dynamic_ncols=True, leave=True, smoothing=0.1)
+
+
+def phase_summary(records: list[dict[str, Any]], skip: int = 1) -> dict[str, float]:
+    """Mean seconds per phase over the records (skipping warm-up ones) and steps/s."""
+    recs = records[skip:] if len(records) > skip else records
+    out = {p: float(np.mean([r[f"time_{p}"] for r in recs])) for p in PHASES if f"time_{p}" in recs[0]}
+    total = sum(out.values())
+    out["total"] = total
+    out["steps_per_s"] = 1.0 / total if total > 0 else math.inf
+    return out

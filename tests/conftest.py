@@ -1,0 +1,23 @@
+"""Shared fixtures: tiny random Stable Diffusion pipeline folders, built once per test session (no downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ε-prediction SD pipeline folder (32² renders, [4,8,8] latents, 32-d text embeddings)."""
+    from dreamgen.testing.tiny_sd import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd") / "pipe", seed=0, prediction_type="epsilon")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_vpred_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same weights as ``tiny_sd_path`` (same seed), but a v-prediction scheduler config."""
+    from dreamgen.testing.tiny_sd import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd-v") / "pipe", seed=0, prediction_type="v_prediction")
