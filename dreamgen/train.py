@@ -77,10 +77,11 @@ def seed_everything(seed: int) -> None:
 class Scene(nn.Module):
     """The optimised 3-D content: P geometry particles sharing one background, each with its renderer."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, device: torch.device | str = "cpu"):
         super().__init__()
         geo_entry = registry.lookup("geometry", cfg.geometry.name)
-        self.particles = nn.ModuleList([geo_entry.cls(cfg.geometry) for _ in range(max(1, cfg.trainer.particles))])
+        self.particles = nn.ModuleList([geo_entry.cls(cfg.geometry, device=device)
+                                        for _ in range(max(1, cfg.trainer.particles))])
         self.background = Background(cfg.background)
         self.renderers = nn.ModuleList([VolumeRenderer(g, self.background, cfg.renderer) for g in self.particles])
 
@@ -96,7 +97,7 @@ def load_scene(run_dir: Path, device: torch.device | str = "cpu") -> tuple[RunCo
     if not ckpt.exists():
         raise DreamgenError(f"{run_dir} has no checkpoint yet ({ckpt} is missing)")
     cfg = from_yaml_file(run_dir / "config.yaml")
-    scene = Scene(cfg).to(device)
+    scene = Scene(cfg, device).to(device)
     state = torch.load(ckpt, map_location=device, weights_only=False)
     scene.load_state_dict(state["scene"])
     return cfg, scene, int(state["step"])
@@ -117,7 +118,7 @@ class Trainer:
         self.guidance = guidance
         self.prompts = PromptSet(guidance, cfg.prompt, cfg.prompts, view_prompts=self._debiased_prompts())
 
-        self.scene = Scene(cfg).to(self.device)
+        self.scene = Scene(cfg, self.device).to(self.device)
         self.particles, self.background, self.renderers = (self.scene.particles, self.scene.background,
                                                            self.scene.renderers)
         self.sampler = CameraSampler(cfg.camera)
@@ -163,6 +164,8 @@ class Trainer:
         sync = self.device.type == "cuda"
         times: dict[str, float] = {}
         cams = self.sampler.sample(step, generator=self.camera_gen).to(self.device)
+        for r in self.renderers:
+            r.update_occupancy(step)
 
         with self.autocast:
             outs, times["render"] = timed(lambda: [r(cams, shading="random", train=True) for r in self.renderers],
@@ -194,7 +197,8 @@ class Trainer:
         opacity = torch.cat([o["opacity"] for o in outs])
         depth = torch.cat([o["depth"] for o in outs])
         origins, dirs = rays(cams)  # [B,H,W,3]
-        points = (origins.repeat(P, 1, 1, 1) + dirs.repeat(P, 1, 1, 1) * depth).detach()  # [P*B,H,W,3]
+        t_surface = depth / opacity.clamp_min(1e-6)  # the renderer's depth is Σ w·t, not normalised
+        points = (origins.repeat(P, 1, 1, 1) + dirs.repeat(P, 1, 1, 1) * t_surface).detach()  # [P*B,H,W,3]
         return LossInput(
             x=x, cond=self.prompts.cond(view_idx), uncond=self.prompts.uncond_batch(P * B), step=self.step,
             total_steps=self.cfg.trainer.steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,

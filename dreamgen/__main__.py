@@ -1,0 +1,3 @@
+from dreamgen.cli import main
+
+main()

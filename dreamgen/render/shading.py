@@ -1,0 +1,63 @@
+"""DreamFusion shading: colour = albedo · (ambient + diffuse · max(0, n·l)), with a point light near the camera.
+
+Modes (one per rendered batch):
+- ``albedo``: the albedo alone (no normals needed);
+- ``lambertian``: the formula above;
+- ``textureless``: the same with a white albedo, so the prior judges the shape alone;
+- ``normal``: (n + 1)/2, for previews.
+In training the mode is drawn with ``albedo_only_prob`` / ``textureless_prob`` (rest lambertian), and the light is
+placed along the camera direction (jittered) at a random distance, as in DreamFusion/threestudio.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+SHADING_MODES = ("albedo", "lambertian", "textureless", "normal")
+MODES_NEEDING_NORMALS = ("lambertian", "textureless", "normal")
+
+
+def sample_shading_mode(albedo_only_prob: float, textureless_prob: float,
+                        generator: torch.Generator | None = None) -> str:
+    u = float(torch.rand((), generator=generator))
+    if u < albedo_only_prob:
+        return "albedo"
+    if u < albedo_only_prob + textureless_prob:
+        return "textureless"
+    return "lambertian"
+
+
+def sample_light_positions(cam_positions: Tensor, distance_range: tuple[float, float] | list[float],
+                           perturb_std: float, generator: torch.Generator | None = None) -> Tensor:
+    """cam_positions [B,3] -> light positions [B,3]: the camera direction jittered by N(0, perturb_std²) per axis,
+    normalised, at a distance drawn uniformly from ``distance_range``."""
+    B = cam_positions.shape[0]
+    noise = torch.randn(B, 3, generator=generator).to(cam_positions)
+    direction = F.normalize(cam_positions + perturb_std * noise, dim=-1)
+    lo, hi = float(distance_range[0]), float(distance_range[1])
+    dist = (lo + (hi - lo) * torch.rand(B, generator=generator)).to(cam_positions)
+    return direction * dist[:, None]
+
+
+def shade(albedo: Tensor, normal: Tensor | None, light_dir: Tensor | None, mode: str,
+          ambient: float = 0.1, diffuse: float = 0.9) -> Tensor:
+    """Per-sample colour [...,3] from albedo [...,3], unit normal [...,3] and unit direction to the light [...,3].
+
+    ``normal`` and ``light_dir`` may be None in ``albedo`` mode.
+    """
+    if mode == "albedo":
+        return albedo
+    if normal is None:
+        raise ValueError(f"shading mode {mode!r} needs normals")
+    if mode == "normal":
+        return (normal + 1.0) * 0.5
+    if light_dir is None:
+        raise ValueError(f"shading mode {mode!r} needs a light direction")
+    light = ambient + diffuse * (normal * light_dir).sum(-1, keepdim=True).clamp_min(0.0)  # [...,1]
+    if mode == "textureless":
+        return light.expand_as(albedo)
+    if mode == "lambertian":
+        return albedo * light
+    raise ValueError(f"unknown shading mode {mode!r}; valid: {SHADING_MODES}")
