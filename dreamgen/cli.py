@@ -146,6 +146,34 @@ def losses() -> None:
     Console(width=160).print(table)
 
 
+@app.command()
+def lab2d(
+    loss: str = typer.Option(..., "--loss", help="A registered loss, or 'all' for the docs table."),
+    setting: str = typer.Option("particles", "--setting", help="particles | camera"),
+    target: str = typer.Option("gaussian", "--target", help="gaussian | mixture"),
+    steps: int = typer.Option(3000, "--steps"),
+    lr: float = typer.Option(1e-2, "--lr"),
+    seed: int = typer.Option(0, "--seed"),
+    n_particles: int = typer.Option(256, "--n-particles"),
+    lambda_entropy: Optional[float] = typer.Option(None, "--lambda-entropy", help="ESD's λ."),
+    score: str = typer.Option("exact", "--score", help="VSD-family particle score: exact | mlp"),
+    guidance_scale: float = typer.Option(1.0, "--guidance-scale"),
+    out: Path = typer.Option(Path("outputs/lab2d"), "--out"),
+) -> None:
+    """Run a loss in the 2-D exact-score lab: fitted spread vs the target, and a scatter plot."""
+    from dreamgen import lab2d as lab
+
+    if loss == "all":
+        rows = lab.main_table(steps=steps, lr=lr, seed=seed, n_particles=n_particles, guidance_scale=guidance_scale,
+                              progress=lambda r: typer.echo(lab.format_result(r)))
+        typer.echo(lab.write_report(rows, out / "losses.md", out / "lab2d"))
+        return
+    overrides = {} if lambda_entropy is None else {"lambda_entropy": lambda_entropy}
+    result = lab.run_lab(loss, setting, target, steps, lr, seed, n_particles, overrides, guidance_scale, score)
+    typer.echo(lab.format_result(result))
+    typer.echo(lab.save_scatter(result, out / lab.plot_name(result)))
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     debug = bool(os.environ.get("DREAMGEN_DEBUG"))
