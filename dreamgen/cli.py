@@ -90,6 +90,38 @@ def run(
              ", ".join(str(p) for p in paths.values()))
 
 
+@app.command()
+def edit(
+    run_dir: Path = typer.Argument(..., help="The run to edit."),
+    prompt: str = typer.Argument(..., help="The new prompt."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value."),
+    loss: str = typer.Option("dds", "--loss", help="A loss that takes a source (dds)."),
+    steps: Optional[int] = typer.Option(None, "--steps"),
+    out: Optional[Path] = typer.Option(None, "--out"),
+) -> None:
+    """Edit an existing run toward a new prompt (Delta Denoising Score); writes a new run folder."""
+    from dreamgen.config import compose, load_yaml, parse_dotlist
+    from dreamgen.runs import new_run_dir
+    from dreamgen.train import Trainer, load_scene
+
+    t0 = time.perf_counter()
+    src_cfg, _, _ = load_scene(run_dir)
+    flags = {"prompt": prompt, "loss": {"name": loss}, "trainer": {"steps": steps} if steps else {},
+             "out_dir": str(out) if out is not None else src_cfg.out_dir, "source_run": str(run_dir.resolve())}
+    base = load_yaml(run_dir / "config.yaml")
+    base.pop("loss", None)  # the source's loss settings do not apply to the edit's loss
+    cfg = compose(base, flags, parse_dotlist(list(overrides)) if overrides else None)
+    if not cfg.prompt.strip():
+        raise DreamgenError("the new prompt is empty")
+    trainer = Trainer(cfg)
+    new_dir = new_run_dir(cfg.out_dir, cfg.prompt)
+    trainer.attach(new_dir)
+    log.info("editing %s (%r -> %r) into %s", run_dir, src_cfg.prompt, cfg.prompt, new_dir)
+    trainer.fit()
+    paths = _export(trainer.geometry, cfg, new_dir)
+    log.info("done in %.1f s: %s", time.perf_counter() - t0, ", ".join(str(p) for p in paths.values()))
+
+
 def _export(geometry, cfg, run_dir: Path, formats: Optional[list[str]] = None) -> dict:
     from dreamgen.export import export_mesh
 
@@ -144,6 +176,22 @@ def losses() -> None:
         table.add_row(name, e.summary, str(e.meta.get("paper", "")), str(e.meta.get("state", "")),
                       str(e.meta.get("nfe", "")))
     Console(width=160).print(table)
+
+
+@app.command("eval")
+def eval_run(
+    run_dir: Path = typer.Argument(..., help="A run whose prompt is a world caption, e.g. \"a red cube\"."),
+    views: int = typer.Option(8, "--views"),
+    resolution: int = typer.Option(64, "--resolution"),
+) -> None:
+    """Compare a run with the true object of the procedural world (writes RUN_DIR/eval.json)."""
+    from dreamgen.evaluation import evaluate_run
+
+    m = evaluate_run(run_dir, views, resolution)
+    janus = "" if m["janus"] is None else f", Janus {m['janus']:.2f}"
+    typer.echo(f"{m['prompt']}: silhouette IoU {m['silhouette_iou']:.3f}, volumetric IoU {m['volumetric_iou']:.3f}, "
+               f"colour error {m['colour_error']:.3f}{janus}, object rank-1 {'yes' if m['rank1'] else 'NO'} "
+               f"({', '.join(f'{k} {v:.2f}' for k, v in sorted(m['shape_scores'].items(), key=lambda kv: -kv[1]))})")
 
 
 @app.command()

@@ -49,6 +49,7 @@ class RunConfig:
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     out_dir: str = "outputs"
     stages: list[str] = field(default_factory=lambda: ["nerf"])
+    source_run: str = ""  # editing: the run folder whose scene is the starting point and the loss's source
     guidance: Any = None
     loss: Any = None
     geometry: Any = None
@@ -60,7 +61,7 @@ class RunConfig:
     export: Any = None
 
 
-TOP_LEVEL_SCALARS = ("prompt", "seed", "device", "out_dir", "stages")
+TOP_LEVEL_SCALARS = ("prompt", "seed", "device", "out_dir", "stages", "source_run")
 DEFAULT_NAMES = {"guidance": "auto", "loss": "sds", "geometry": "hashgrid-nerf"}
 
 
@@ -73,8 +74,13 @@ def _typed(section: str, cfg_cls: type, raw: Any) -> Any:
     raw = {} if raw is None else raw
     if not isinstance(raw, (dict, DictConfig)):
         raise ConfigError(f"config section '{section}' must be a mapping, got {raw!r}")
+    raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True) if isinstance(raw, DictConfig) else dict(raw)
+    # Fields typed Any (numbers or schedules) take the value as given: OmegaConf would otherwise type them by
+    # their default (a schedule default would reject a plain number).
+    free = {f.name for f in dataclasses.fields(cfg_cls) if f.type in (Any, "Any")}
+    given = {k: raw.pop(k) for k in list(raw) if k in free}
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cfg_cls), raw)
+        merged = OmegaConf.merge(OmegaConf.structured(cfg_cls(**given)), raw)
         return OmegaConf.to_object(merged)
     except OmegaConfBaseException as e:
         key = getattr(e, "full_key", None) or getattr(e, "key", None)
@@ -163,26 +169,23 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    # A new component name resets that section's name-specific keys from earlier layers.
+    # A component named by a flag starts from its own defaults: earlier layers' settings for that section were
+    # meant for another component (e.g. default.yaml tunes SDS, not VSD).
     for section in NAMED_SECTIONS:
-        new_name = flag_layer.get(section, {}).get("name")
-        if new_name is not None:
-            layers = [_drop_foreign_keys(layer, section, new_name) for layer in layers]
+        if flag_layer.get(section, {}).get("name") is not None:
+            layers = [_drop_section(layer, section) for layer in layers]
     layers.append(flag_layer)
     if overrides:
         layers.append(parse_dotlist(overrides))
     return compose(*layers)
 
 
-def _drop_foreign_keys(layer: Any, section: str, new_name: str) -> Any:
-    """Keep only the keys of ``layer[section]`` that the config class of ``new_name`` accepts."""
+def _drop_section(layer: Any, section: str) -> Any:
     if not isinstance(layer, (dict, DictConfig)) or section not in layer:
         return layer
-    entry = registry.lookup(NAMED_SECTIONS[section], new_name)
-    valid = {f.name for f in dataclasses.fields(entry.config)}
     data = OmegaConf.to_container(OmegaConf.create(layer), resolve=True)
     assert isinstance(data, dict)
-    data[section] = {k: v for k, v in (data[section] or {}).items() if k in valid and k != "name"}
+    del data[section]
     return data
 
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import math
 import random
-import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,6 +131,10 @@ class Trainer:
         groups = [g for g in groups if g["params"]]
         self.optimizer = torch.optim.Adam(groups, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
 
+        self.source: tuple[Scene, PromptSet] | None = None
+        if cfg.source_run:
+            src_cfg, src_scene, _ = load_scene(Path(cfg.source_run), self.device)
+            self.set_source(src_scene, src_cfg.prompt)
         self.step = 0
         if run_dir is not None:
             self.attach(run_dir)
@@ -150,6 +153,13 @@ class Trainer:
         log.info("debiased view prompts: %s", per_view)
         return per_view
 
+    def set_source(self, scene: Scene, prompt: str) -> None:
+        """Editing: start from ``scene`` and keep a frozen copy of it, rendered at every step's cameras, as the
+        source of the loss (``LossInput.source_x``/``source_cond``, e.g. DDS)."""
+        self.scene.load_state_dict(scene.state_dict())
+        scene = scene.to(self.device).eval().requires_grad_(False)
+        self.source = (scene, PromptSet(self.guidance, prompt, self.cfg.prompts))
+
     def attach(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
@@ -160,7 +170,7 @@ class Trainer:
 
     # ---- one optimisation step ----------------------------------------------------------------------------------
     def train_step(self) -> dict[str, float]:
-        tc, step = self.cfg.trainer, self.step
+        step = self.step
         sync = self.device.type == "cuda"
         times: dict[str, float] = {}
         cams = self.sampler.sample(step, generator=self.camera_gen).to(self.device)
@@ -168,11 +178,14 @@ class Trainer:
             r.update_occupancy(step)
 
         with self.autocast:
+            rng = torch.get_rng_state()
             outs, times["render"] = timed(lambda: [r(cams, shading="random", train=True) for r in self.renderers],
                                           sync)
             rgb = torch.cat([o["rgb"] for o in outs])  # [P*B,H,W,3], particle-major
             x, times["encode"] = timed(lambda: self.guidance.encode_images(rgb), sync)
             inp = self._loss_input(x, rgb, outs, cams)
+            if self.source is not None:
+                inp.source_x, inp.source_cond = self._source_input(cams, rng)
             loss_out, times["loss"] = timed(lambda: self.loss(inp), sync)
             reg = self._regularisers(outs, step)
             total = loss_out.loss + sum(reg.values())
@@ -203,6 +216,17 @@ class Trainer:
             x=x, cond=self.prompts.cond(view_idx), uncond=self.prompts.uncond_batch(P * B), step=self.step,
             total_steps=self.cfg.trainer.steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
             opacity=opacity, points=points, n_particles=P)
+
+    @torch.no_grad()
+    def _source_input(self, cams: Cameras, rng: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen source rendered with the same random draws (shading mode, light, jitter) as this step."""
+        scene, prompts = self.source
+        after = torch.get_rng_state()
+        torch.set_rng_state(rng)
+        rgb = scene.renderers[0](cams, shading="random", train=True)["rgb"]
+        torch.set_rng_state(after)
+        P = len(self.particles)
+        return self.guidance.encode_images(rgb).repeat(P, 1, 1, 1), prompts.cond(cams.view_idx.repeat(P))
 
     def _regularisers(self, outs: list[dict], step: int) -> dict[str, torch.Tensor]:
         tc = self.cfg.trainer

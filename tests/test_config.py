@@ -52,12 +52,19 @@ def test_malformed_override():
         parse_dotlist(["trainer.steps"])
 
 
-def test_switching_loss_drops_the_other_loss_keys(tmp_path):
+def test_loss_flag_starts_from_that_loss_defaults(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("loss:\n  name: esd\n  lambda_entropy: 0.3\n  guidance_scale: 9.0\n")
-    cfg = load_config(f, [], **{"loss.name": "sds"})
-    assert cfg.loss.name == "sds" and not hasattr(cfg.loss, "lambda_entropy")
-    assert cfg.loss.guidance_scale == 9.0  # keys every loss shares are kept
+    cfg = load_config(f, ["loss.t_min=0.1"], **{"loss.name": "vsd"})
+    assert cfg.loss.name == "vsd" and not hasattr(cfg.loss, "lambda_entropy")
+    assert cfg.loss.guidance_scale == 7.5 and cfg.loss.t_min == 0.1
+
+
+def test_schedule_fields_take_numbers_or_schedules():
+    cfg = load_config(None, ["loss.t_min=0.05"], **{"loss.name": "asyncsd"})  # default is a schedule
+    assert cfg.loss.t_min == 0.05
+    cfg = load_config(None, ["loss.t_max=[0,0.98,0.5,100]"], **{"loss.name": "sds"})
+    assert scheduled(cfg.loss.t_max, 50) == pytest.approx(0.74)
 
 
 def test_yaml_round_trip():

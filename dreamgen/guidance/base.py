@@ -70,3 +70,31 @@ class TrainableScore(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+class LoRAScore(TrainableScore):
+    """Plumbing shared by LoRA copies of a UNet: the adapted UNet is held outside module registration, so
+    ``parameters()``/``state_dict()`` (and run checkpoints) hold only the LoRA and camera weights, never a second
+    copy of the frozen network. Consequence: ``.to()`` does not move the UNet; it is built on its final device."""
+
+    def adopt_unet(self, unet: nn.Module, alphas_cumprod: Tensor, camera_dim: int) -> None:
+        """Register the LoRA layers peft injected into ``unet`` as this module's trainable state."""
+        from peft.tuners.lora import LoraLayer
+
+        self.lora_layers = nn.ModuleDict({
+            name.replace(".", "/"): nn.ModuleDict({"A": m.lora_A, "B": m.lora_B})
+            for name, m in unet.named_modules() if isinstance(m, LoraLayer)})
+        unet.eval()
+        self._unet = (unet,)  # a tuple hides it from nn.Module registration
+        self.camera_dim = camera_dim
+        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
+
+    @property
+    def unet(self) -> nn.Module:
+        return self._unet[0]
+
+    def camera_or_null(self, camera: Tensor | None, x_t: Tensor) -> Tensor:
+        """[B,camera_dim]; the null camera (zeros) when ``camera`` is None."""
+        if camera is None:
+            return torch.zeros(x_t.shape[0], self.camera_dim, device=x_t.device)
+        return camera.float()

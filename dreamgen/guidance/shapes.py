@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamgen.guidance.base import Guidance, TrainableScore
+from dreamgen.guidance.base import Guidance, LoRAScore
 from dreamgen.prior.io import load_prior
 from dreamgen.prior.model import denoise, v_to_eps
 from dreamgen.registry import register
@@ -76,7 +76,7 @@ class ShapesGuidance(Guidance):
                                lora_rank, camera_dim)
 
 
-class ShapesLoRAScore(TrainableScore):
+class ShapesLoRAScore(LoRAScore):
     """ε_ψ(x_t, t, y, c): a frozen copy of the prior's UNet + peft LoRA on its resnet/attention layers + a camera MLP
     whose output is added to the text condition.
 
@@ -88,37 +88,22 @@ class ShapesLoRAScore(TrainableScore):
     def __init__(self, unet: nn.Module, patch: int, alphas_cumprod: Tensor, lora_rank: int, camera_dim: int):
         super().__init__()
         from peft import LoraConfig, inject_adapter_in_model
-        from peft.tuners.lora import LoraLayer
 
         if lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
         unet.requires_grad_(False)
         inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS), unet)
-        self.lora_layers = nn.ModuleDict()
-        for name, module in unet.named_modules():
-            if isinstance(module, LoraLayer):
-                self.lora_layers[name.replace(".", "/")] = nn.ModuleDict({"A": module.lora_A, "B": module.lora_B})
+        self.adopt_unet(unet, alphas_cumprod, camera_dim)
         self.lora_layers.requires_grad_(True)
         cond_dim = unet.time_embedding.linear_2.out_features
-        device = alphas_cumprod.device
         self.camera_mlp = nn.Sequential(nn.Linear(camera_dim, cond_dim), nn.SiLU(),
-                                        nn.Linear(cond_dim, cond_dim)).to(device)
+                                        nn.Linear(cond_dim, cond_dim)).to(alphas_cumprod.device)
         nn.init.zeros_(self.camera_mlp[2].weight)
         nn.init.zeros_(self.camera_mlp[2].bias)
-        unet.eval()
-        self._unet = (unet,)  # tuple: hidden from nn.Module registration (see class docstring)
         self.patch = patch
-        self.camera_dim = camera_dim
-        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
-
-    @property
-    def unet(self) -> nn.Module:
-        return self._unet[0]
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
         """x_t [B,3,32,32], t [B], text_emb [B,cond_dim], camera [B,camera_dim] or None (null camera) -> ε."""
-        if camera is None:
-            camera = torch.zeros(x_t.shape[0], self.camera_dim, device=x_t.device)
-        cond = text_emb + self.camera_mlp(camera.float())
+        cond = text_emb + self.camera_mlp(self.camera_or_null(camera, x_t))
         v = denoise(self.unet, self.patch, x_t, t, cond)
         return v_to_eps(v, x_t, *_schedule(self.alphas_cumprod, t, x_t))

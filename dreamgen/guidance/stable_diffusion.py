@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamgen.errors import GuidanceLoadError
-from dreamgen.guidance.base import Guidance, TrainableScore
+from dreamgen.guidance.base import Guidance, LoRAScore
 from dreamgen.registry import register
 
 PIPELINE_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
@@ -221,7 +221,7 @@ class StableDiffusionGuidance(Guidance):
         return StableDiffusionLoRAScore(unet, self.alphas_cumprod, prediction_type, lora_rank, camera_dim, self.dtype)
 
 
-class StableDiffusionLoRAScore(TrainableScore):
+class StableDiffusionLoRAScore(LoRAScore):
     """ε_ψ(x_t, t, y, c): a frozen SD UNet + peft LoRA on its attention projections + a camera MLP.
 
     The camera MLP is the UNet's ``class_embedding`` (added to the timestep embedding). Its last layer and the LoRA
@@ -235,7 +235,6 @@ class StableDiffusionLoRAScore(TrainableScore):
         super().__init__()
         from diffusers.models.embeddings import TimestepEmbedding
         from peft import LoraConfig
-        from peft.tuners.lora import LoraLayer
 
         if lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
@@ -244,10 +243,7 @@ class StableDiffusionLoRAScore(TrainableScore):
         unet.requires_grad_(False)
         unet.add_adapter(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS,
                                     init_lora_weights=True))
-        self.lora_layers = nn.ModuleDict()
-        for name, module in unet.named_modules():
-            if isinstance(module, LoraLayer):
-                self.lora_layers[name.replace(".", "/")] = nn.ModuleDict({"A": module.lora_A, "B": module.lora_B})
+        self.adopt_unet(unet, alphas_cumprod, camera_dim)
         device = alphas_cumprod.device
         # fp32 master weights for what is trained, even on an fp16 UNet (peft casts activations to them).
         self.lora_layers.to(device=device, dtype=torch.float32).requires_grad_(True)
@@ -255,21 +251,11 @@ class StableDiffusionLoRAScore(TrainableScore):
         nn.init.zeros_(self.camera_embedding.linear_2.weight)
         nn.init.zeros_(self.camera_embedding.linear_2.bias)
         unet.class_embedding = self.camera_embedding  # UNet casts its output to the sample dtype
-        unet.eval()
-        self._unet = (unet,)  # tuple: hidden from nn.Module registration (see class docstring)
-        self.register_buffer("alphas_cumprod", alphas_cumprod, persistent=False)
         self.prediction_type = prediction_type
-        self.camera_dim = camera_dim
         self.dtype = dtype
-
-    @property
-    def unet(self) -> nn.Module:
-        return self._unet[0]
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
         """x_t [B,4,h,w], t [B], text_emb [B,77,D], camera [B,camera_dim] or None (null camera) -> ε [B,4,h,w]."""
-        if camera is None:
-            camera = torch.zeros(x_t.shape[0], self.camera_dim, device=x_t.device)
         out = self.unet(x_t.to(self.dtype), t, encoder_hidden_states=text_emb.to(self.dtype),
-                        class_labels=camera.float()).sample
+                        class_labels=self.camera_or_null(camera, x_t)).sample
         return _to_eps(out, x_t, t, self.alphas_cumprod, self.prediction_type)

@@ -116,6 +116,13 @@ class ScoreCore:
         a, s = self.alpha_sigma(t, x)
         return a * x + s * eps
 
+    def perturb(self, x: Tensor, step: int, total_steps: int = 1) -> tuple[Tensor, Tensor, Tensor]:
+        """The draw every SDS-family step starts with: t for this step, eps ~ N(0, I), x_t = a_t·sg(x) + s_t·eps.
+        Returns (t [B], eps, x_t)."""
+        t = self.sample_t(x.shape[0], step, total_steps)
+        eps = torch.randn_like(x)
+        return t, eps, self.add_noise(x.detach(), eps, t)
+
     # ---- denoiser --------------------------------------------------------------------------------------------
     @torch.no_grad()
     def eps(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:

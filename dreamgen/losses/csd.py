@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
 from dreamgen.losses.core import LossConfig, scheduled, surrogate_loss
@@ -47,9 +46,7 @@ class CSD(DistillationLoss):
     def forward(self, inp: LossInput) -> LossOutput:
         x, core, cfg = inp.x, self.core, self.cfg
         n = x.shape[0]
-        t = core.sample_t(n, inp.step, inp.total_steps)
-        eps = torch.randn_like(x)
-        x_t = core.add_noise(x.detach(), eps, t)
+        t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
 
         a_c, a_n, a_0, a_eps = (scheduled(v, inp.step)
                                 for v in (cfg.cond_coef, cfg.negative_coef, cfg.null_coef, cfg.noise_coef))

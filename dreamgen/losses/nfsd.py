@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
 
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
 from dreamgen.losses.core import LossConfig, surrogate_loss
@@ -40,9 +39,7 @@ class NFSD(DistillationLoss):
     def forward(self, inp: LossInput) -> LossOutput:
         x, core, cfg = inp.x, self.core, self.cfg
         n = x.shape[0]
-        t = core.sample_t(n, inp.step, inp.total_steps)
-        eps = torch.randn_like(x)
-        x_t = core.add_noise(x.detach(), eps, t)
+        t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
 
         late = t >= cfg.switch_t
         embs = [inp.cond, inp.uncond]

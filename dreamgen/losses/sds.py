@@ -30,9 +30,7 @@ class SDS(DistillationLoss):
     def sds_grad(self, inp: LossInput) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (g [B,C,h,w], t [B])."""
         x, core = inp.x, self.core
-        t = core.sample_t(x.shape[0], inp.step, inp.total_steps)
-        eps = torch.randn_like(x)
-        x_t = core.add_noise(x.detach(), eps, t)
+        t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
         e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond)
         return core.weight(t, x) * (e_cfg - eps), t
 

@@ -51,9 +51,7 @@ class SSD(DistillationLoss):
     def forward(self, inp: LossInput) -> LossOutput:
         x, core, cfg = inp.x, self.core, self.cfg
         n = x.shape[0]
-        t = core.sample_t(n, inp.step, inp.total_steps)
-        eps = torch.randn_like(x)
-        x_t = core.add_noise(x.detach(), eps, t)
+        t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
         e_y, e_0 = core.eps_multi(x_t, t, [inp.cond, inp.uncond])
 
         h = cfg.guidance_scale * core.weight(t, x) * (e_y - e_0)

@@ -67,9 +67,7 @@ class VSD(DistillationLoss):
         b = x.shape[0]
         y = inp.prompts.cond_plain(b) if inp.prompts is not None else inp.cond
 
-        t = core.sample_t(b, inp.step, inp.total_steps)
-        eps = torch.randn_like(x)
-        x_t = core.add_noise(x.detach(), eps, t)
+        t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
         e_pre, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond)
         e_cam, e_free = score.eps_camera_pair(x_t, t, y, inp.camera)
         e_psi = e_free + self.lora_scale * (e_cam - e_free)
