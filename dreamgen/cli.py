@@ -1,4 +1,4 @@
-"""The ``dreamgen`` command line: run, export, config show, losses.
+"""The ``dreamgen`` command line: run, edit, export, eval, batch, config show, losses, lab2d.
 
 User errors (bad config key, unknown loss, missing weights, empty prompt, NaN) print one line and exit 2; a run that
 is interrupted keeps its last checkpoint and says how to resume. ``DREAMGEN_DEBUG=1`` shows full tracebacks.
@@ -15,6 +15,7 @@ from typing import Optional
 
 import typer
 
+from dreamgen.batch.cli import batch
 from dreamgen.errors import DreamgenError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -47,6 +48,8 @@ def run(
     seed: Optional[int] = typer.Option(None, "--seed"),
     out: Optional[Path] = typer.Option(None, "--out", help="Parent folder of the run folder (default outputs/)."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    from_run: Optional[Path] = typer.Option(None, "--from",
+                                            help="Start the DMTet fine stage from this finished coarse run."),
 ) -> None:
     """Optimise a 3-D object for PROMPT and export a mesh."""
     from dreamgen.config import compose, load_config, load_yaml, parse_dotlist
@@ -67,6 +70,23 @@ def run(
         trainer.load_checkpoint()
         log.info("resuming %s at step %d/%d", resume, trainer.step, cfg.trainer.steps)
         run_dir = resume
+    elif from_run is not None:
+        from dreamgen.train import load_scene
+
+        if prompt is not None:
+            overrides.insert(0, prompt)
+        src_cfg, src_scene, src_step = load_scene(from_run)
+        if src_scene.stage != "nerf":
+            raise DreamgenError(f"--from needs a coarse (NeRF) run; {from_run} is already in its fine stage")
+        base = load_yaml(from_run / "config.yaml")
+        cfg = compose(base, {"stages": ["nerf", "dmtet"], "trainer": {"steps": src_step}},
+                      parse_dotlist(overrides) if overrides else None)
+        trainer = Trainer(cfg)
+        trainer.scene.load_state_dict(src_scene.state_dict())
+        trainer.step = cfg.trainer.steps  # the coarse stage is done: fit() starts with the hand-off
+        run_dir = new_run_dir(cfg.out_dir, cfg.prompt)
+        trainer.attach(run_dir)
+        log.info("fine stage of %s in %s", from_run, run_dir)
     else:
         if prompt is None:
             raise DreamgenError("missing PROMPT, e.g. dreamgen run \"a red cube\" (or --resume RUN_DIR)")
@@ -220,6 +240,9 @@ def lab2d(
     result = lab.run_lab(loss, setting, target, steps, lr, seed, n_particles, overrides, guidance_scale, score)
     typer.echo(lab.format_result(result))
     typer.echo(lab.save_scatter(result, out / lab.plot_name(result)))
+
+
+app.command()(batch)
 
 
 def main() -> None:

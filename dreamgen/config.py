@@ -30,7 +30,7 @@ def _fixed_sections() -> dict[str, type]:
     from dreamgen.prompts import PromptConfig
     from dreamgen.render.background import BackgroundConfig
     from dreamgen.render.volume import RendererConfig
-    from dreamgen.train import TrainerConfig
+    from dreamgen.train import FineStageConfig, TrainerConfig
 
     return {
         "camera": CameraConfig,
@@ -38,6 +38,7 @@ def _fixed_sections() -> dict[str, type]:
         "background": BackgroundConfig,
         "prompts": PromptConfig,
         "trainer": TrainerConfig,
+        "fine": FineStageConfig,
         "export": ExportConfig,
     }
 
@@ -58,6 +59,7 @@ class RunConfig:
     background: Any = None
     prompts: Any = None
     trainer: Any = None
+    fine: Any = None
     export: Any = None
 
 
@@ -139,6 +141,8 @@ def compose(*layers: DictConfig | dict | None) -> RunConfig:
     cfg.prompt = str(cfg.prompt)
     if isinstance(cfg.stages, str):
         cfg.stages = [cfg.stages]
+    if list(cfg.stages) not in (["nerf"], ["nerf", "dmtet"]):
+        raise ConfigError(f"stages={list(cfg.stages)}: valid are [nerf] and [nerf, dmtet]")
 
     for section, kind in NAMED_SECTIONS.items():
         sec = dict(raw_dict.get(section) or {})
@@ -169,15 +173,24 @@ def load_config(config: str | Path | None = None, overrides: list[str] | None = 
         for p in parents:
             node = node.setdefault(p, {})
         node[leaf] = value
-    # A component named by a flag starts from its own defaults: earlier layers' settings for that section were
-    # meant for another component (e.g. default.yaml tunes SDS, not VSD).
-    for section in NAMED_SECTIONS:
-        if flag_layer.get(section, {}).get("name") is not None:
-            layers = [_drop_section(layer, section) for layer in layers]
     layers.append(flag_layer)
     if overrides:
         layers.append(parse_dotlist(overrides))
-    return compose(*layers)
+    return compose(*_restart_renamed_sections(layers))
+
+
+def _restart_renamed_sections(layers: list[Any]) -> list[Any]:
+    """A layer that names a component (``loss.name: vsd``) starts that section from the component's own defaults:
+    earlier layers' settings for the section were meant for another component (default.yaml tunes SDS, not VSD)."""
+    out: list[Any] = []
+    for layer in layers:
+        for section in NAMED_SECTIONS:
+            named = isinstance(layer, (dict, DictConfig)) and isinstance(layer.get(section), (dict, DictConfig)) \
+                and layer[section].get("name") is not None
+            if named:
+                out = [_drop_section(prev, section) for prev in out]
+        out.append(layer)
+    return out
 
 
 def _drop_section(layer: Any, section: str) -> Any:

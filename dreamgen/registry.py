@@ -21,6 +21,7 @@ _MODULES = (
     "dreamgen.guidance.stable_diffusion",
     "dreamgen.guidance.shapes",
     "dreamgen.geometry.nerf",
+    "dreamgen.geometry.dmtet",
     "dreamgen.losses",
 )
 

@@ -7,9 +7,12 @@ continue bit-for-bit on CPU: parameters, optimiser, the loss's own state (LoRA, 
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import logging
 import math
 import random
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +30,10 @@ from dreamgen.guidance.auto import build_guidance
 from dreamgen.losses.base import LossInput
 from dreamgen.losses.core import scheduled
 from dreamgen.prompts import PromptSet
+from dreamgen.geometry.dmtet import DMTetConfig, DMTetGeometry
 from dreamgen.render.background import Background
+from dreamgen.render.mesh_renderer import MeshRenderer, MeshRendererConfig
+from dreamgen.render.shading import ShadingConfig
 from dreamgen.render.volume import VolumeRenderer
 from dreamgen.runs import MetricsLog, atomic_torch_save, atomic_write_text, image_grid, save_png, timed
 
@@ -58,6 +64,23 @@ class TrainerConfig:
     progress: bool = True
 
 
+@dataclass
+class FineStageConfig:
+    """The DMTet stage of ``stages: [nerf, dmtet]`` (Magic3D): a surface handed off from the coarse NeRF, rendered
+    by the mesh rasteriser at a higher resolution, with a lower noise range."""
+
+    steps: int = 300
+    resolution: int = 64
+    lr: float = 0.005  # SDF, deformation and texture tables
+    lr_net: float = 0.001  # texture MLP
+    t_min: Any = 0.02
+    t_max: Any = 0.5
+    lambda_normal_consistency: Any = 0.0
+    lambda_laplacian: Any = 0.0
+    backend: str = "auto"  # rasteriser: auto (nvdiffrast on CUDA when importable) | torch | nvdiffrast
+    geometry: DMTetConfig = field(default_factory=DMTetConfig)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -74,15 +97,35 @@ def seed_everything(seed: int) -> None:
 
 
 class Scene(nn.Module):
-    """The optimised 3-D content: P geometry particles sharing one background, each with its renderer."""
+    """The optimised 3-D content: P geometry particles sharing one background, each with its renderer.
+
+    ``stage`` is ``nerf`` (volume rendering of the configured geometry) or ``dmtet`` (surfaces, rasterised).
+    """
 
     def __init__(self, cfg: RunConfig, device: torch.device | str = "cpu"):
         super().__init__()
         geo_entry = registry.lookup("geometry", cfg.geometry.name)
+        self.stage = "nerf"
         self.particles = nn.ModuleList([geo_entry.cls(cfg.geometry, device=device)
                                         for _ in range(max(1, cfg.trainer.particles))])
         self.background = Background(cfg.background)
         self.renderers = nn.ModuleList([VolumeRenderer(g, self.background, cfg.renderer) for g in self.particles])
+
+    def to_fine(self, cfg: RunConfig, device: torch.device | str, handoff: bool = True) -> None:
+        """Replace every NeRF particle by a DMTet surface, initialised from it when ``handoff`` (else empty, to be
+        filled from a checkpoint)."""
+        fine = cfg.fine
+        # The texture field inherits the coarse albedo network, so the hand-off copies it instead of distilling.
+        geo_cfg = dataclasses.replace(fine.geometry, grid=copy.deepcopy(cfg.geometry.grid),
+                                      mlp_width=cfg.geometry.mlp_width, mlp_layers=cfg.geometry.mlp_layers,
+                                      radius=cfg.geometry.radius)
+        geos = [DMTetGeometry.from_nerf(g, geo_cfg) if handoff else DMTetGeometry(geo_cfg, device=device)
+                for g in self.particles]
+        shading = {f.name: getattr(cfg.renderer, f.name) for f in dataclasses.fields(ShadingConfig)}
+        mesh_cfg = MeshRendererConfig(**shading, backend=fine.backend)
+        self.particles = nn.ModuleList(geos).to(device)
+        self.renderers = nn.ModuleList([MeshRenderer(g, self.background, mesh_cfg) for g in self.particles])
+        self.stage = "dmtet"
 
 
 def load_scene(run_dir: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, Scene, int]:
@@ -98,6 +141,8 @@ def load_scene(run_dir: Path, device: torch.device | str = "cpu") -> tuple[RunCo
     cfg = from_yaml_file(run_dir / "config.yaml")
     scene = Scene(cfg, device).to(device)
     state = torch.load(ckpt, map_location=device, weights_only=False)
+    if state.get("stage", "nerf") == "dmtet":
+        scene.to_fine(cfg, device, handoff=False)
     scene.load_state_dict(state["scene"])
     return cfg, scene, int(state["step"])
 
@@ -123,13 +168,10 @@ class Trainer:
         self.sampler = CameraSampler(cfg.camera)
         self.camera_gen = torch.Generator().manual_seed(cfg.seed)
 
-        self.loss = registry.lookup("loss", cfg.loss.name).cls(cfg.loss, guidance).to(self.device)
-        groups: list[dict[str, Any]] = []
-        for g in self.particles:
-            groups += g.param_groups(tc.lr, tc.lr_net)
-        groups.append({"params": list(self.background.parameters()), "lr": tc.lr_background, "name": "background"})
-        groups = [g for g in groups if g["params"]]
-        self.optimizer = torch.optim.Adam(groups, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+        # The loss gets its own copy of its config: the fine stage changes its noise range.
+        self.loss = registry.lookup("loss", cfg.loss.name).cls(copy.deepcopy(cfg.loss), guidance).to(self.device)
+        self.optimizer = self._optimizer(tc.lr, tc.lr_net)
+        self.total_steps = tc.steps + (cfg.fine.steps if "dmtet" in cfg.stages else 0)
 
         self.source: tuple[Scene, PromptSet] | None = None
         if cfg.source_run:
@@ -152,6 +194,30 @@ class Trainer:
         per_view = debias_view_prompts(self.cfg.prompt, VIEWS, model, self.cfg.loss.prompt_debias_threshold)
         log.info("debiased view prompts: %s", per_view)
         return per_view
+
+    def _optimizer(self, lr: float, lr_net: float) -> torch.optim.Adam:
+        tc = self.cfg.trainer
+        groups: list[dict[str, Any]] = []
+        for g in self.particles:
+            groups += g.param_groups(lr, lr_net)
+        groups.append({"params": list(self.background.parameters()), "lr": tc.lr_background, "name": "background"})
+        groups = [g for g in groups if g["params"]]
+        return torch.optim.Adam(groups, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+
+    def enter_fine_stage(self, handoff: bool = True) -> None:
+        """Switch to the DMTet stage: surfaces from the NeRFs, a fresh optimiser, the fine render resolution and
+        noise range (Magic3D)."""
+        fine = self.cfg.fine
+        t0 = time.perf_counter()
+        self.scene.to_fine(self.cfg, self.device, handoff)
+        self.particles, self.renderers = self.scene.particles, self.scene.renderers
+        self.optimizer = self._optimizer(fine.lr, fine.lr_net)
+        self.sampler = CameraSampler(dataclasses.replace(self.cfg.camera, resolution=[fine.resolution],
+                                                         resolution_milestones=[]))
+        self.loss.cfg.t_min, self.loss.cfg.t_max = fine.t_min, fine.t_max
+        if handoff:
+            log.info("fine stage: DMTet hand-off in %.1f s, %d more steps at %d px",
+                     time.perf_counter() - t0, fine.steps, fine.resolution)
 
     def set_source(self, scene: Scene, prompt: str) -> None:
         """Editing: start from ``scene`` and keep a frozen copy of it, rendered at every step's cameras, as the
@@ -199,7 +265,7 @@ class Trainer:
         _, times["optimizer"] = timed(self.optimizer.step, sync)
         self.step = step + 1
 
-        record = {"step": self.step, "loss": float(total.detach()), "distill": float(loss_out.loss.detach()),
+        record = {"step": self.step, "stage": self.scene.stage, "loss": float(total.detach()), "distill": float(loss_out.loss.detach()),
                   **{k: float(v.detach()) for k, v in reg.items()}, **loss_out.logs,
                   **{f"time_{k}": v for k, v in times.items()}}
         return record
@@ -229,10 +295,12 @@ class Trainer:
         return self.guidance.encode_images(rgb).repeat(P, 1, 1, 1), prompts.cond(cams.view_idx.repeat(P))
 
     def _regularisers(self, outs: list[dict], step: int) -> dict[str, torch.Tensor]:
-        tc = self.cfg.trainer
+        tc, fine = self.cfg.trainer, self.cfg.fine
         reg = {}
         for key, lam in (("orient_loss", tc.lambda_orient), ("sparsity_loss", tc.lambda_sparsity),
-                         ("opacity_loss", tc.lambda_opacity)):
+                         ("opacity_loss", tc.lambda_opacity),
+                         ("normal_consistency_loss", fine.lambda_normal_consistency),
+                         ("laplacian_loss", fine.lambda_laplacian)):
             w = scheduled(lam, step)
             if w > 0 and key in outs[0]:
                 reg[key] = w * sum(o[key] for o in outs) / len(outs)
@@ -240,18 +308,20 @@ class Trainer:
 
     # ---- loop ---------------------------------------------------------------------------------------------------
     def fit(self) -> None:
-        tc = self.cfg.trainer
-        if self.step == 0:
-            atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))
-        bar = _progress(tc.steps, self.step, enabled=tc.progress)
+        tc, end = self.cfg.trainer, self.total_steps
+        atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))  # with any overrides of a resume
+        bar = _progress(end, self.step, enabled=tc.progress)
         try:
-            while self.step < tc.steps:
+            while self.step < end:
+                if self.step >= tc.steps and self.scene.stage == "nerf":
+                    self.save_preview(self.run_dir / "previews" / "coarse.png")
+                    self.enter_fine_stage()
                 record = self.train_step()
-                if self.step % max(tc.log_every, 1) == 0 or self.step == tc.steps:
+                if self.step % max(tc.log_every, 1) == 0 or self.step == end:
                     self.metrics.write(record)
                 if tc.preview_every and self.step % tc.preview_every == 0:
                     self.save_preview(self.run_dir / "previews" / f"step_{self.step:06d}.png")
-                if self.step % tc.checkpoint_every == 0 or self.step == tc.steps:
+                if self.step % tc.checkpoint_every == 0 or self.step == end:
                     self.save_checkpoint()
                 bar.update(1)
                 bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
@@ -285,6 +355,7 @@ class Trainer:
     def save_checkpoint(self) -> None:
         state = {
             "step": self.step,
+            "stage": self.scene.stage,
             "scene": self.scene.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loss": self.loss.checkpoint_state(),
@@ -299,6 +370,8 @@ class Trainer:
         if not path.exists():
             raise DreamgenError(f"no checkpoint to resume from: {path} does not exist")
         state = torch.load(path, map_location=self.device, weights_only=False)
+        if state.get("stage", "nerf") == "dmtet" and self.scene.stage == "nerf":
+            self.enter_fine_stage(handoff=False)
         self.scene.load_state_dict(state["scene"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.loss.load_checkpoint_state(state["loss"])

@@ -79,3 +79,16 @@ def test_yaml_round_trip():
 ])
 def test_schedule(value, step, expected):
     assert scheduled(value, step) == pytest.approx(expected)
+
+
+def test_file_naming_a_loss_drops_default_yaml_loss_settings(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("loss:\n  name: vsd\n")
+    cfg = load_config(f, [])
+    assert cfg.loss.name == "vsd" and cfg.loss.guidance_scale == 7.5 and cfg.loss.t_max == [5000, 0.98, 0.5, 5001]
+
+
+@pytest.mark.parametrize("preset", ["dreamfusion-sd", "prolificdreamer", "esd", "lucid-ism"])
+def test_presets_resolve(preset):
+    cfg = load_config(preset, [])
+    assert cfg.guidance.name == "stable-diffusion"

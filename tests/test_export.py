@@ -221,7 +221,7 @@ def test_failed_write_keeps_previous_file(sphere_mesh, tmp_path: Path, monkeypat
 
 
 def test_export_mesh_writes_each_format(tmp_path: Path):
-    cfg = ExportConfig(formats=["glb", "obj"], resolution=32, threshold=PEAK / 2)
+    cfg = ExportConfig(formats=["glb", "obj"], resolution=32, threshold=PEAK / 2, texture=False, turntable_frames=0)
     paths = export_mesh(Spheres(), cfg, tmp_path / "run", stem="coarse")
     assert paths == {"glb": tmp_path / "run" / "coarse.glb", "obj": tmp_path / "run" / "coarse.obj"}
     glb = trimesh.load(paths["glb"], force="mesh")

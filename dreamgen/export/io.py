@@ -3,41 +3,76 @@
 from __future__ import annotations
 
 import os
-import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import trimesh
+from trimesh.exchange.obj import export_obj
 
 from dreamgen.errors import ConfigError
 from dreamgen.export.mesh import FORMATS, DensityField, ExportConfig, extract_mesh
+from dreamgen.export.texture import extract_textured_mesh
+from dreamgen.runs import atomic_path
+
+
+def write_atomic(path: Path, write: Callable[[BinaryIO], None]) -> Path:
+    """Call ``write`` on a temporary file beside ``path``, then move it over ``path``: readers see either the
+    previous file or the complete new one."""
+    with atomic_path(Path(path)) as tmp:
+        with open(tmp, "wb") as fh:
+            write(fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    return Path(path)
+
+
+def _obj_material(mesh: trimesh.Trimesh, name: str) -> trimesh.Trimesh:
+    """The textured ``mesh`` with its PBR material as an OBJ one named ``name`` (so its files are ``name.mtl``/
+    ``name.png``): white Kd because viewers multiply map_Kd by it, no specular highlight (roughness 1)."""
+    image = mesh.visual.material.baseColorTexture
+    material = trimesh.visual.material.SimpleMaterial(
+        image=image, diffuse=[255] * 4, ambient=[255] * 4, specular=[0, 0, 0, 255], glossiness=1.0, name=name
+    )
+    visual = trimesh.visual.TextureVisuals(uv=mesh.visual.uv, material=material)
+    return trimesh.Trimesh(mesh.vertices, mesh.faces, visual=visual, process=False)
 
 
 def save_mesh(mesh: trimesh.Trimesh, path: Path, fmt: str) -> Path:
-    """Write ``mesh`` as ``fmt`` ("glb" or "obj", both with per-vertex colours) to ``path``.
+    """Write ``mesh`` as ``fmt`` to ``path``.
 
-    The file is written under a temporary name in the same directory and moved over ``path`` with ``os.replace``,
-    so readers see either the previous file or the complete new one.
+    glb: vertex colours become the COLOR_0 attribute, a texture the PBR material's baseColorTexture (embedded).
+    obj: vertex colours use the common "v x y z r g b" extension; a texture is written beside ``path`` as
+    ``<stem>.png`` with its ``<stem>.mtl``, both before the .obj that refers to them.
     """
     if fmt not in FORMATS:
         raise ConfigError(f"unknown mesh format {fmt!r}: must be one of {', '.join(FORMATS)}")
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), 0o644)  # mkstemp creates 0600; outputs are meant to be shared like any written file
-            # glb: vertex colours become the COLOR_0 attribute; obj: the common "v x y z r g b" extension.
-            mesh.export(file_obj=fh, file_type=fmt)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    if fmt == "obj" and isinstance(mesh.visual, trimesh.visual.TextureVisuals):
+        text, files = export_obj(
+            _obj_material(mesh, path.stem), include_texture=True, return_texture=True, mtl_name=f"{path.stem}.mtl"
+        )
+        for name, data in files.items():
+            write_atomic(path.parent / name, lambda fh, data=data: fh.write(data))
+        return write_atomic(path, lambda fh: fh.write(text.encode()))
+    return write_atomic(path, lambda fh: mesh.export(file_obj=fh, file_type=fmt))
 
 
 def export_mesh(geometry: DensityField, cfg: ExportConfig, out_dir: Path, stem: str = "mesh") -> dict[str, Path]:
-    """Extract one mesh from ``geometry`` and write it as ``out_dir/{stem}.{fmt}`` for each of ``cfg.formats``."""
-    mesh = extract_mesh(geometry, cfg)
-    return {fmt: save_mesh(mesh, Path(out_dir) / f"{stem}.{fmt}", fmt) for fmt in cfg.formats}
+    """Extract one mesh from ``geometry`` and write it as ``out_dir/{stem}.{fmt}`` for each of ``cfg.formats``.
+
+    Textured (``cfg.texture``) or vertex-coloured. With ``cfg.turntable_frames`` > 0 the first written file is loaded
+    back and rendered around an orbit into ``turntable.gif`` (``{stem}-turntable.gif`` for another stem), returned
+    under the key ``"turntable"``.
+    """
+    from dreamgen.export.turntable import write_turntable  # imported here: turntable uses this module's write_atomic
+
+    out_dir = Path(out_dir)
+    mesh = extract_textured_mesh(geometry, cfg) if cfg.texture else extract_mesh(geometry, cfg)
+    paths = {fmt: save_mesh(mesh, out_dir / f"{stem}.{fmt}", fmt) for fmt in cfg.formats}
+    if cfg.turntable_frames > 0:
+        name = "turntable.gif" if stem == "mesh" else f"{stem}-turntable.gif"
+        paths["turntable"] = write_turntable(
+            paths[cfg.formats[0]], out_dir / name, n_frames=cfg.turntable_frames, resolution=cfg.turntable_resolution
+        )
+    return paths

@@ -1,4 +1,5 @@
-"""Marching-cubes extraction of a coloured triangle mesh from a density field (the coarse NeRF stage)."""
+"""Marching-cubes extraction of a triangle mesh from a density field (the coarse NeRF stage): the surface,
+decimated to a face budget, with vertex colours (``extract_mesh``) or as input to texture baking (``texture.py``)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import fast_simplification
 import numpy as np
 import torch
 import trimesh
@@ -43,6 +45,16 @@ class ExportConfig:
     floor_ratio: float = 1e-3  # densities <= floor_ratio * max count as empty space for the automatic rules
     largest_component: bool = True  # drop floaters: keep the connected piece with the most faces
     chunk: int = 65536  # points per density/albedo query
+    max_faces: int = 50_000  # decimate (quadric edge collapse) to at most this many faces; 0 = keep every face
+    # True: UV-unwrap and bake the albedo into a texture (glb: PBR baseColorTexture; obj: .mtl + .png beside it);
+    # False: per-vertex colours.
+    texture: bool = True
+    texture_size: int = 1024  # texture width and height in texels
+    texture_padding: int = 2  # texels kept free around each UV chart when packing the atlas
+    texture_chart_area: float = 0.01  # largest UV chart, as a fraction of the surface area (0 = no limit; slower)
+    texture_dilation: int = 8  # grow each chart's colours this many texels outward: filtering never reads background
+    turntable_frames: int = 36  # frames of the turntable.gif rendered from the exported mesh; 0 = no turntable
+    turntable_resolution: int = 256
 
     def __post_init__(self) -> None:
         bad = [f for f in self.formats if f not in FORMATS]
@@ -60,6 +72,17 @@ class ExportConfig:
             raise ConfigError(f"export.floor_ratio={self.floor_ratio}: must lie in (0, 1)")
         if self.threshold is not None and not (math.isfinite(self.threshold) and self.threshold > 0):
             raise ConfigError(f"export.threshold={self.threshold}: must be a positive number or null (automatic)")
+        if self.max_faces != 0 and self.max_faces < 4:
+            raise ConfigError(f"export.max_faces={self.max_faces}: must be 0 (no limit) or at least 4")
+        if self.texture_size < 16:
+            raise ConfigError(f"export.texture_size={self.texture_size}: must be at least 16")
+        for name in ("texture_padding", "texture_dilation", "turntable_frames"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"export.{name}={getattr(self, name)}: must not be negative")
+        if not 0.0 <= self.texture_chart_area <= 1.0:
+            raise ConfigError(f"export.texture_chart_area={self.texture_chart_area}: must lie in [0, 1]")
+        if self.turntable_resolution < 16:
+            raise ConfigError(f"export.turntable_resolution={self.turntable_resolution}: must be at least 16")
 
 
 def _field_device(geometry: DensityField) -> torch.device:
@@ -121,11 +144,28 @@ def auto_threshold(grid: np.ndarray, rule: str = "mean_occupied", floor_ratio: f
     raise ConfigError(f"unknown threshold rule {rule!r}: must be one of {', '.join(THRESHOLD_RULES)}")
 
 
-def extract_mesh(geometry: DensityField, cfg: ExportConfig) -> trimesh.Trimesh:
-    """Marching cubes on the density grid; outward-facing, world-space, RGBA vertex colours from the albedo.
+def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
+    """Quadric edge-collapse ``mesh`` down to at most ``max_faces`` faces (unchanged if already within budget)."""
+    if max_faces <= 0 or len(mesh.faces) <= max_faces:
+        return mesh
+    verts, faces = fast_simplification.simplify(mesh.vertices, mesh.faces, target_count=max_faces)
+    out = trimesh.Trimesh(vertices=verts, faces=faces, process=True)
+    if len(out.faces) > max_faces:  # the collapse count is approximate; the budget is a promise
+        raise DreamgenError(f"decimation left {len(out.faces)} faces, above export.max_faces={max_faces}")
+    return out
 
-    The threshold used is stored in ``mesh.metadata["density_threshold"]``.
+
+def extract_surface(geometry: DensityField, cfg: ExportConfig) -> trimesh.Trimesh:
+    """An outward-facing, world-space mesh of at most ``cfg.max_faces`` faces: marching cubes on the density grid,
+    or, for surface geometries (DMTet) that have a ``mesh()`` method, their own mesh.
+
+    For density fields the threshold used is stored in ``mesh.metadata["density_threshold"]``.
     """
+    if hasattr(geometry, "mesh"):
+        with torch.no_grad():
+            mesh = geometry.mesh()
+        mesh = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=True)
+        return decimate(_largest_component(mesh) if cfg.largest_component else mesh, cfg.max_faces)
     grid, spacing, origin = density_grid(geometry, cfg.resolution, cfg.chunk)
     if not np.isfinite(grid).all():
         raise DreamgenError("cannot extract a mesh: the density field contains NaN or Inf values")
@@ -149,12 +189,31 @@ def extract_mesh(geometry: DensityField, cfg: ExportConfig) -> trimesh.Trimesh:
     verts = origin + verts * spacing
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=True)
     if cfg.largest_component:
-        parts = mesh.split(only_watertight=False)
-        if len(parts) > 1:
-            mesh = max(parts, key=lambda m: len(m.faces))
-    vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
-    rgb = _query(geometry.albedo, _chunks(vertices, cfg.chunk), _field_device(geometry))
-    rgba = np.concatenate([np.round(np.clip(rgb, 0.0, 1.0) * 255.0), np.full((len(rgb), 1), 255.0)], axis=1)
-    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba.astype(np.uint8))
+        mesh = _largest_component(mesh)
+    mesh = decimate(mesh, cfg.max_faces)
     mesh.metadata["density_threshold"] = level
+    return mesh
+
+
+def _largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
+    parts = mesh.split(only_watertight=False)
+    return max(parts, key=lambda m: len(m.faces)) if len(parts) > 1 else mesh
+
+
+def query_albedo(geometry: DensityField, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """``geometry.albedo`` at ``points`` [N,3] in chunks, on the field's device: float32 [N,3] in [0,1]."""
+    points = np.ascontiguousarray(points, dtype=np.float32)
+    return np.clip(_query(geometry.albedo, _chunks(points, chunk), _field_device(geometry)), 0.0, 1.0)
+
+
+def extract_mesh(geometry: DensityField, cfg: ExportConfig) -> trimesh.Trimesh:
+    """``extract_surface`` with RGBA vertex colours from the albedo.
+
+    The threshold used is stored in ``mesh.metadata["density_threshold"]``.
+    """
+    mesh = extract_surface(geometry, cfg)
+    vertices = np.ascontiguousarray(mesh.vertices, dtype=np.float32)
+    rgb = query_albedo(geometry, vertices, cfg.chunk)
+    rgba = np.concatenate([np.round(rgb * 255.0), np.full((len(rgb), 1), 255.0)], axis=1)
+    mesh.visual = trimesh.visual.ColorVisuals(mesh, vertex_colors=rgba.astype(np.uint8))
     return mesh

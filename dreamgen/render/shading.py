@@ -11,6 +11,8 @@ placed along the camera direction (jittered) at a random distance, as in DreamFu
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -61,3 +63,36 @@ def shade(albedo: Tensor, normal: Tensor | None, light_dir: Tensor | None, mode:
     if mode == "lambertian":
         return albedo * light
     raise ValueError(f"unknown shading mode {mode!r}; valid: {SHADING_MODES}")
+
+
+@dataclass
+class ShadingConfig:
+    """Shading fields shared by the volume and the mesh renderer (DreamFusion):
+    colour = albedo · (ambient + diffuse · max(0, n·l)), with a point light near the camera direction."""
+
+    ambient: float = 0.1
+    diffuse: float = 0.9
+    albedo_only_prob: float = 0.1  # "random" shading: P(albedo), P(textureless), else lambertian
+    textureless_prob: float = 0.5
+    light_distance: list[float] = field(default_factory=lambda: [0.8, 1.5])  # world units, from the origin
+    light_perturb: float = 1.0  # std of the jitter added to the camera direction before normalising
+    light_tilt: float = 0.0  # the light's base direction is the camera's tilted up by atan(light_tilt)
+
+
+def resolve_shading(shading: str, train: bool, cfg: ShadingConfig) -> str:
+    """``random`` draws a mode for training (``lambertian`` when not training); else a mode name is checked."""
+    if shading == "random":
+        return sample_shading_mode(cfg.albedo_only_prob, cfg.textureless_prob) if train else "lambertian"
+    if shading in SHADING_MODES:
+        return shading
+    raise ValueError(f"unknown shading {shading!r}; valid: random, {', '.join(SHADING_MODES)}")
+
+
+def light_positions(cam_pos: Tensor, cfg: ShadingConfig, train: bool) -> Tensor:
+    """cam_pos [B,3] -> light positions [B,3]: the camera direction tilted up by atan(light_tilt); in training
+    jittered and at a random distance, otherwise at the camera's distance."""
+    dist = cam_pos.norm(dim=-1, keepdim=True)
+    base = cam_pos + cfg.light_tilt * dist * torch.tensor([0.0, 0.0, 1.0], dtype=cam_pos.dtype, device=cam_pos.device)
+    if train:
+        return sample_light_positions(base, cfg.light_distance, cfg.light_perturb)
+    return F.normalize(base, dim=-1) * dist

@@ -15,7 +15,7 @@ CPU), so every call of them sits behind an ``is_cuda`` check.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import nerfacc
 import torch
@@ -24,21 +24,14 @@ from torch import Tensor, nn
 
 from dreamgen.cameras import Cameras, rays
 from dreamgen.render.background import Background
-from dreamgen.render.shading import (MODES_NEEDING_NORMALS, SHADING_MODES, sample_light_positions,
-                                     sample_shading_mode, shade)
+from dreamgen.render.shading import (MODES_NEEDING_NORMALS, ShadingConfig, light_positions, resolve_shading,
+                                     shade)
 
 
 @dataclass
-class RendererConfig:
+class RendererConfig(ShadingConfig):
     num_samples: int = 48  # per ray, across the bounding sphere's diameter
     stratified: bool = True  # jitter each sample inside its bin (training only)
-    # Shading (DreamFusion): colour = albedo · (ambient + diffuse · max(0, n·l)).
-    ambient: float = 0.1
-    diffuse: float = 0.9
-    albedo_only_prob: float = 0.1  # "random" shading: P(albedo), P(textureless), else lambertian
-    textureless_prob: float = 0.5
-    light_distance: list[float] = field(default_factory=lambda: [0.8, 1.5])  # world units, from the origin
-    light_perturb: float = 1.0  # std of the jitter added to the camera direction before normalising
     # Empty-space skipping: nerfacc's estimator on CUDA, EmptySpaceGrid elsewhere.
     occupancy_grid: bool = False
     occupancy_resolution: int = 32
@@ -150,20 +143,10 @@ class VolumeRenderer(nn.Module):
         opacity_loss (mean binary entropy of the opacity, pushes pixels to 0 or 1), shading (the mode used).
         """
         c = self.cfg
-        if shading == "random":
-            mode = sample_shading_mode(c.albedo_only_prob, c.textureless_prob) if train else "lambertian"
-        elif shading in SHADING_MODES:
-            mode = shading
-        else:
-            raise ValueError(f"unknown shading {shading!r}; valid: random, {', '.join(SHADING_MODES)}")
-
+        mode = resolve_shading(shading, train, c)
         origins, dirs = rays(cams)  # [B,H,W,3]
         B, H, W = len(cams), cams.height, cams.width
-        cam_pos = cams.c2w[:, :3, 3]  # [B,3]
-        if train:
-            light_pos = sample_light_positions(cam_pos, c.light_distance, c.light_perturb)
-        else:
-            light_pos = cam_pos
+        light_pos = light_positions(cams.c2w[:, :3, 3], c, train)  # [B,3]
         light_per_ray = light_pos[:, None, None, :].expand(B, H, W, 3).reshape(-1, 3)
 
         o, d = origins.reshape(-1, 3), dirs.reshape(-1, 3)

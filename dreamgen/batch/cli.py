@@ -1,0 +1,135 @@
+"""The ``dreamgen batch`` command (registered in dreamgen/cli.py). Heavy modules are imported inside the command."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from dreamgen.errors import DreamgenError
+
+log = logging.getLogger("dreamgen")
+
+
+def batch(
+    file: Path = typer.Argument(..., help="Prompt file: .txt (one prompt a line), .jsonl or .yaml (items with "
+                                          "prompt, name, loss, seed, steps, config, overrides)."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides for every item (an item's own "
+                                                               "settings win), e.g. trainer.steps=500"),
+    out: Optional[Path] = typer.Option(None, "--out", help="Batch folder: manifest.json, summary.md, "
+                                                           "contact_sheet.png and one run folder per item "
+                                                           "(default outputs/<file stem>)."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Config file or preset for items without their "
+                                                                 "own 'config'."),
+    check: bool = typer.Option(False, "--check", help="Validate the file and every item's config, show what a run "
+                                                      "would do, run nothing."),
+    retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed items again, from scratch."),
+    executor: str = typer.Option("local", "--executor", help="local (sequential, in this process) | ray"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="local: CUDA devices to spread items over, "
+                                                                  "round-robin, e.g. 0,1"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: the cluster to join, e.g. auto; "
+                                                                          "default: start a local instance"),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="ray: GPUs per item (default 1 when the "
+                                                                      "cluster has GPUs, else 0)"),
+) -> None:
+    """Run every prompt of FILE, each into its own run folder under --out, tracked in a resumable manifest.json.
+
+    Running the same command again skips done items, resumes interrupted ones from their last checkpoint (after
+    Ctrl-C, SIGTERM or a kill) and, with --retry-failed, restarts failed ones. Problems of the file itself (bad
+    JSON/YAML, empty prompt, duplicate name, unknown field) stop the batch before anything runs, all listed with
+    their line numbers. A problem of one item's configuration (unknown loss, misspelt override key) fails only
+    that item, recorded in the manifest, so one typo does not hold up the rest; --check reports those too, up front.
+    Exits non-zero if any item failed.
+    """
+    from dreamgen.batch.executors import run_local, run_ray
+    from dreamgen.batch.inputs import BatchInputError, read_batch_file
+    from dreamgen.batch.manifest import Manifest
+    from dreamgen.batch.report import write_contact_sheet, write_summary
+    from dreamgen.batch.runner import make_job, plan
+
+    t0 = time.perf_counter()
+    overrides = list(overrides or [])
+    if executor not in ("local", "ray"):
+        raise DreamgenError(f"unknown executor {executor!r}; valid executors: local, ray")
+    if executor == "ray" and devices:
+        raise DreamgenError("--devices is for the local executor; with --executor ray use --num-gpus")
+    device_list = _devices(devices)
+    try:
+        items = read_batch_file(file)
+    except BatchInputError as e:
+        for p in e.problems:
+            typer.echo(p, err=True)
+        raise
+    out_dir = Path(out) if out is not None else Path("outputs") / file.stem
+    cfg_file = str(config) if config is not None else None
+
+    if check:
+        _check(file, items, out_dir, cfg_file, overrides, retry_failed)
+        return
+
+    manifest = Manifest.open(out_dir, items, str(file.resolve()), overrides)
+    actions = plan(items, manifest, retry_failed)
+    todo = [(it, a) for it, a in actions if a in ("new", "resume", "retry")]
+    skipped_failed = sum(a == "skip-failed" for _, a in actions)
+    log.info("batch %s: %d item(s): %d to run (%d to resume), %d done, %d failed%s", out_dir, len(items), len(todo),
+             sum(a == "resume" for _, a in todo), sum(a == "skip-done" for _, a in actions), skipped_failed,
+             " (not retried: --retry-failed)" if skipped_failed else "")
+    jobs = [make_job(it, out_dir, cfg_file, overrides, resume=a == "resume",
+                     device=f"cuda:{device_list[k % len(device_list)]}" if device_list else None)
+            for k, (it, a) in enumerate(todo)]
+    if jobs and executor == "local":
+        run_local(manifest, jobs, devices=[f"cuda:{d}" for d in device_list] if device_list else None)
+    elif jobs:
+        run_ray(manifest, jobs, ray_address, num_gpus)
+
+    names = [it.name for it in items]
+    summary = write_summary(manifest, names)
+    sheet = write_contact_sheet(manifest, names)
+    counts = manifest.counts(names)
+    if counts["failed"]:
+        raise DreamgenError(f"{counts['done']} done, {counts['failed']} failed: see {manifest.path}")
+    typer.echo(f"{counts['done']} done in {time.perf_counter() - t0:.1f} s: {summary}"
+               + (f", {sheet}" if sheet else ""))
+
+
+def _devices(devices: Optional[str]) -> list[int]:
+    if not devices:
+        return []
+    try:
+        ids = [int(d) for d in devices.split(",") if d.strip()]
+    except ValueError:
+        raise DreamgenError(f"--devices takes CUDA device numbers separated by commas (e.g. 0,1), not {devices!r}")
+    import torch
+
+    n = torch.cuda.device_count()
+    bad = [d for d in ids if not 0 <= d < n]
+    if bad:
+        raise DreamgenError(f"--devices {devices}: there is no CUDA device {bad[0]} (this machine has {n})")
+    return ids
+
+
+def _check(file: Path, items, out_dir: Path, cfg_file: Optional[str], overrides: list[str],
+           retry_failed: bool) -> None:
+    """--check: every item's config is composed (not run); prints what a run would do with each item."""
+    from dreamgen.batch.manifest import Manifest
+    from dreamgen.batch.runner import make_job, plan
+    from dreamgen.config import load_config
+
+    problems = []
+    for it in items:
+        job = make_job(it, out_dir, cfg_file, overrides)
+        try:
+            load_config(job.config, job.overrides, **job.flags)
+        except DreamgenError as e:
+            problems.append(f"{file.name}:{it.line}: item '{it.name}': {e}")
+    for p in problems:
+        typer.echo(p, err=True)
+    if problems:
+        raise DreamgenError(f"{file}: {len(problems)} item(s) with config problems (listed above)")
+    manifest = Manifest.open(out_dir, items, str(file.resolve()), overrides, write=False)
+    for it, action in plan(items, manifest, retry_failed):
+        typer.echo(f"{it.name}\t{action}\t{it.prompt}")
+    typer.echo(f"{file}: {len(items)} item(s) OK")
