@@ -171,7 +171,6 @@ class Trainer:
         # The loss gets its own copy of its config: the fine stage changes its noise range.
         self.loss = registry.lookup("loss", cfg.loss.name).cls(copy.deepcopy(cfg.loss), guidance).to(self.device)
         self.optimizer = self._optimizer(tc.lr, tc.lr_net)
-        self.total_steps = tc.steps + (cfg.fine.steps if "dmtet" in cfg.stages else 0)
 
         self.source: tuple[Scene, PromptSet] | None = None
         if cfg.source_run:
@@ -194,6 +193,10 @@ class Trainer:
         per_view = debias_view_prompts(self.cfg.prompt, VIEWS, model, self.cfg.loss.prompt_debias_threshold)
         log.info("debiased view prompts: %s", per_view)
         return per_view
+
+    @property
+    def total_steps(self) -> int:
+        return self.cfg.trainer.steps + (self.cfg.fine.steps if "dmtet" in self.cfg.stages else 0)
 
     def _optimizer(self, lr: float, lr_net: float) -> torch.optim.Adam:
         tc = self.cfg.trainer
@@ -280,7 +283,7 @@ class Trainer:
         points = (origins.repeat(P, 1, 1, 1) + dirs.repeat(P, 1, 1, 1) * t_surface).detach()  # [P*B,H,W,3]
         return LossInput(
             x=x, cond=self.prompts.cond(view_idx), uncond=self.prompts.uncond_batch(P * B), step=self.step,
-            total_steps=self.cfg.trainer.steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
+            total_steps=self.total_steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
             opacity=opacity, points=points, n_particles=P)
 
     @torch.no_grad()

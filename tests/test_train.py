@@ -72,3 +72,32 @@ def test_nan_raises_clear_error_and_keeps_checkpoint(tiny_sd_path, tmp_path, mon
     with pytest.raises(NonFiniteError, match="step 4"):
         tr.fit()
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == ckpt
+
+
+def test_two_stage_run_hands_off_resumes_in_fine_stage_and_exports(tiny_sd_path, tmp_path):
+    from dreamgen.export import export_mesh
+
+    fine = ["stages=[nerf,dmtet]", "fine.steps=2", "fine.resolution=16", "fine.geometry.grid_resolution=8",
+            "export.texture_size=64", "export.turntable_frames=0"]
+    tr = Trainer(_cfg(tiny_sd_path, 3, fine), run_dir=tmp_path)
+    tr.fit()
+    assert tr.scene.stage == "dmtet" and tr.step == 5
+    assert (tmp_path / "previews" / "coarse.png").exists()
+    recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in recs] == ["nerf"] * 3 + ["dmtet"] * 2
+    assert tr.loss.cfg.t_max == 0.5 and tr.cfg.loss.t_max != 0.5  # the fine noise range, on the loss's own copy
+
+    resumed = Trainer(_cfg(tiny_sd_path, 3, [*fine, "fine.steps=3"]), run_dir=tmp_path)
+    resumed.load_checkpoint()
+    assert resumed.scene.stage == "dmtet" and resumed.step == 5
+    assert torch.equal(_params(resumed), _params(tr))
+    resumed.fit()
+    assert resumed.step == 6
+
+    cfg, scene, step = load_scene(tmp_path)
+    assert scene.stage == "dmtet" and step == 6
+    paths = export_mesh(scene.particles[0], cfg.export, tmp_path)
+    import trimesh
+
+    mesh = trimesh.load(paths["glb"], force="mesh")
+    assert len(mesh.faces) > 0 and mesh.visual.kind == "texture"

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from dreamgen.errors import ConfigError, DreamgenError
 from dreamgen.export.mesh import THRESHOLD_RULES, auto_threshold, density_grid
-from dreamgen.geometry.hashgrid import HashGridConfig, make_hash_grid
+from dreamgen.geometry.hashgrid import HashGridConfig, field_mlp, make_hash_grid
 from dreamgen.geometry.tets import TET_EDGES, kuhn_grid, to_bbox, unique_edges
 from dreamgen.registry import register
 
@@ -156,13 +156,7 @@ class DMTetGeometry(nn.Module):
         self.sdf = nn.Parameter(self.unit_verts.norm(dim=-1) * r - cfg.init_radius)  # [V] a sphere
         self.deform = nn.Parameter(torch.zeros_like(self.unit_verts))  # [V,3] pre-tanh offsets
         self.encoding = make_hash_grid(cfg.grid, device)
-        layers: list[nn.Module] = []
-        width_in = cfg.grid.output_dim
-        for _ in range(cfg.mlp_layers):
-            layers += [nn.Linear(width_in, cfg.mlp_width), nn.ReLU(inplace=True)]
-            width_in = cfg.mlp_width
-        layers.append(nn.Linear(width_in, 3))  # albedo logits
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = field_mlp(cfg.grid.output_dim, cfg.mlp_width, cfg.mlp_layers, 3)  # albedo logits
         self.handoff_threshold: float | None = None  # the coarse density iso-level, set by from_nerf
         self.to(device)
 

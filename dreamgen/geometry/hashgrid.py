@@ -181,3 +181,13 @@ def make_hash_grid(cfg: HashGridConfig, device: str | torch.device = "cpu") -> n
     if cfg.backend != "torch" and on_cuda and tcnn_available():
         return TcnnHashGrid(cfg)
     return HashGridEncoding(cfg)
+
+
+def field_mlp(in_dim: int, width: int, hidden_layers: int, out_dim: int) -> nn.Sequential:
+    """The small ReLU MLP that decodes hash features (``hidden_layers`` hidden layers of ``width``)."""
+    layers: list[nn.Module] = []
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(in_dim, width), nn.ReLU(inplace=True)]
+        in_dim = width
+    layers.append(nn.Linear(in_dim, out_dim))
+    return nn.Sequential(*layers)

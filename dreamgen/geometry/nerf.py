@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamgen.geometry.hashgrid import HashGridConfig, make_hash_grid
+from dreamgen.geometry.hashgrid import HashGridConfig, field_mlp, make_hash_grid
 from dreamgen.registry import register
 
 
@@ -78,13 +78,7 @@ class HashGridNeRF(nn.Module):
             raise ValueError(f"normals must be one of {NORMAL_MODES}")
         self.cfg = cfg
         self.encoding = make_hash_grid(cfg.grid, device)
-        layers: list[nn.Module] = []
-        width_in = cfg.grid.output_dim
-        for _ in range(cfg.mlp_layers):
-            layers += [nn.Linear(width_in, cfg.mlp_width), nn.ReLU(inplace=True)]
-            width_in = cfg.mlp_width
-        layers.append(nn.Linear(width_in, 4))  # raw density, albedo logits
-        self.mlp = nn.Sequential(*layers)
+        self.mlp = field_mlp(cfg.grid.output_dim, cfg.mlp_width, cfg.mlp_layers, 4)  # raw density, albedo logits
         self._activation = DENSITY_ACTIVATIONS[cfg.density_activation]
         self.to(device)
 
