@@ -99,13 +99,17 @@ def run(
         run_dir = new_run_dir(cfg.out_dir, cfg.prompt)
         trainer.attach(run_dir)
         log.info("run folder: %s", run_dir)
+    _fit_and_export(trainer, run_dir, t0)
+
+
+def _fit_and_export(trainer, run_dir: Path, t0: float) -> None:
     try:
         trainer.fit()
     except KeyboardInterrupt:
         trainer.save_checkpoint()
         raise DreamgenError(f"interrupted at step {trainer.step}; continue with: dreamgen run --resume {run_dir}")
     t_opt = time.perf_counter() - t0
-    paths = _export(trainer.geometry, cfg, run_dir)
+    paths = _export(trainer.geometry, trainer.cfg, run_dir)
     log.info("done in %.1f s (optimisation %.1f s): %s", time.perf_counter() - t0, t_opt,
              ", ".join(str(p) for p in paths.values()))
 
@@ -137,9 +141,7 @@ def edit(
     new_dir = new_run_dir(cfg.out_dir, cfg.prompt)
     trainer.attach(new_dir)
     log.info("editing %s (%r -> %r) into %s", run_dir, src_cfg.prompt, cfg.prompt, new_dir)
-    trainer.fit()
-    paths = _export(trainer.geometry, cfg, new_dir)
-    log.info("done in %.1f s: %s", time.perf_counter() - t0, ", ".join(str(p) for p in paths.values()))
+    _fit_and_export(trainer, new_dir, t0)
 
 
 def _export(geometry, cfg, run_dir: Path, formats: Optional[list[str]] = None) -> dict:

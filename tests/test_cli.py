@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import trimesh
 from dreamgen.cli import main
 
 TINY = ["camera.resolution=[16]", "renderer.num_samples=12", "trainer.preview_every=5", "export.resolution=32",
-        "trainer.checkpoint_every=5"]
+        "trainer.checkpoint_every=5", "export.texture_size=64", "export.turntable_frames=4"]
 
 
 def _cli(monkeypatch, capsys, *args):
@@ -80,3 +81,19 @@ def test_run_resume_export_end_to_end(tiny_sd_path, tmp_path):
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(trimesh.load(run / "mesh.obj", force="mesh").faces) > 0
+
+    # DDS editing toward a new prompt, and the DMTet stage from the finished coarse run: new folders each.
+    edit_out, fine_out = tmp_path / "edit", tmp_path / "fine"
+    res = subprocess.run([sys.executable, "-m", "dreamgen", "edit", str(run), "a cheeseburger", "--steps", "2",
+                          "--out", str(edit_out)], capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (edited,) = edit_out.iterdir()
+    assert edited.name.startswith("a-cheeseburger-") and (edited / "mesh.glb").exists()
+    res = subprocess.run([sys.executable, "-m", "dreamgen", "run", "--from", str(run), f"out_dir={fine_out}",
+                          "fine.steps=2", "fine.resolution=16", "fine.geometry.grid_resolution=8"],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    (fine,) = fine_out.iterdir()
+    steps = [json.loads(x) for x in (fine / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in steps] == ["dmtet", "dmtet"] and steps[-1]["step"] == 14
+    assert len(trimesh.load(fine / "mesh.glb", force="mesh").faces) > 0
