@@ -7,6 +7,7 @@ import torch
 
 from dreamgen.losses.base import LossInput
 from dreamgen.testing.gaussian_guidance import GaussianGuidance
+from distill_helpers import alpha_sigma, run  # noqa: F401  (shared by both helper sets)
 
 SHAPE = (4, 5, 5)
 PROMPTS = ("", "a cube", "blurry", "ugly")
@@ -51,11 +52,6 @@ def exact_eps(g: GaussianGuidance, x_t: torch.Tensor, t: torch.Tensor, prompt: s
     return (1 - ab).sqrt() * (x_t - ab.sqrt() * mu(g, prompt)) / (ab * g.sigma**2 + 1 - ab)
 
 
-def alpha_sigma(g: GaussianGuidance, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    ab = g.alphas_cumprod[t].reshape(-1, 1, 1, 1)
-    return ab.sqrt(), (1 - ab).sqrt()
-
-
 def loss_input(g: GaussianGuidance, b: int = 3, prompt: str = "a cube", seed: int = 1, **kw) -> LossInput:
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(b, *SHAPE, generator=gen).requires_grad_(True)
@@ -67,15 +63,6 @@ def replay(loss, inp: LossInput, seed: int, offset: float = 0.0):
     torch.manual_seed(seed)
     t = loss.core.sample_t(inp.x.shape[0], inp.step, inp.total_steps)
     return t, loss.core.noise(inp.x, offset)
-
-
-def run(loss, inp: LossInput, seed: int = 0):
-    """Seeded forward + backward; returns (output, g) with g = B·∂loss/∂x / weight."""
-    torch.manual_seed(seed)
-    inp.x.grad = None
-    out = loss(inp)
-    out.loss.backward()
-    return out, inp.x.grad * inp.x.shape[0] / loss.cfg.weight
 
 
 def fixed_t(t: int) -> dict:
