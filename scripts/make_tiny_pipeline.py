@@ -25,8 +25,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prediction-type", choices=("epsilon", "v_prediction"), default="epsilon")
     parser.add_argument("--image-size", type=int, default=32, help="render side the tiny model expects")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--preset", choices=("tiny", "sd21-base"), default="tiny",
+                        help="sd21-base: Stable Diffusion 2.1-base shapes with random weights (GPU benchmarks)")
     args = parser.parse_args(argv)
-    path = build_tiny_pipeline(args.out_dir, seed=args.seed, prediction_type=args.prediction_type,
+    path = build_tiny_pipeline(args.out_dir, seed=args.seed, prediction_type=args.prediction_type, preset=args.preset,
                                image_size=args.image_size)
     print(f"wrote a tiny {args.prediction_type} Stable Diffusion pipeline to {path}")
     return 0

@@ -288,3 +288,17 @@ def test_lora_pretrained_with_other_schedule_is_refused(tmp_path, tiny_sd_path):
     g = guidance(tiny_sd_path, lora_pretrained=str(other))
     with pytest.raises(GuidanceLoadError, match="noise schedule differs"):
         g.trainable_copy(4)
+
+
+def test_sd21_base_preset_has_the_real_unet_size():
+    """The benchmark preset matches SD 2.1-base's UNet (865.9 M parameters), built on the meta device (no memory)."""
+    import torch
+    from diffusers import UNet2DConditionModel
+
+    from dreamgen.testing.tiny_sd import preset_configs
+
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**preset_configs("sd21-base")["unet"])
+    assert abs(sum(p.numel() for p in unet.parameters()) - 865_910_724) < 1_000
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset_configs("sd9")

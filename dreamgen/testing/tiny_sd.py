@@ -136,9 +136,46 @@ def write_clip_tokenizer(out_dir: str | os.PathLike, bpe_gz: Path | None) -> Pat
     return out
 
 
+def preset_configs(preset: str, image_size: int = 32, vocab_size: int = 49408) -> dict[str, dict]:
+    """Constructor kwargs of the UNet, VAE and CLIP text config for a preset.
+
+    ``tiny``: renders ``image_size``², latents [4, image_size/4, image_size/4], 32-wide text embeddings.
+    ``sd21-base``: the shapes of Stable Diffusion 2.1-base (865.9 M-parameter UNet, 512² renders, OpenCLIP-H text
+    encoder), for throughput benchmarks with random weights: FLOPs are what matter there, not the weights.
+    """
+    if preset == "tiny":
+        latent = image_size // 4  # three VAE blocks: two downsamplings
+        return {
+            "unet": dict(sample_size=latent, in_channels=4, out_channels=4, layers_per_block=1,
+                         block_out_channels=(32, 64), down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                         up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=32,
+                         attention_head_dim=(2, 4), norm_num_groups=32, use_linear_projection=True),
+            "vae": dict(sample_size=image_size, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
+                        block_out_channels=(16, 32, 32), norm_num_groups=8,
+                        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3),
+            "text": dict(vocab_size=vocab_size, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=2, max_position_embeddings=MAX_LENGTH, projection_dim=32),
+        }
+    if preset == "sd21-base":
+        return {
+            "unet": dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
+                         block_out_channels=(320, 640, 1280, 1280),
+                         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+                         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3, cross_attention_dim=1024,
+                         attention_head_dim=(5, 10, 20, 20), norm_num_groups=32, use_linear_projection=True),
+            "vae": dict(sample_size=512, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+                        block_out_channels=(128, 256, 512, 512), norm_num_groups=32,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4),
+            "text": dict(vocab_size=vocab_size, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                         num_attention_heads=16, max_position_embeddings=MAX_LENGTH, projection_dim=512,
+                         hidden_act="gelu"),
+        }
+    raise ValueError(f"unknown preset {preset!r}; valid: tiny, sd21-base")
+
+
 def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0, prediction_type: str = "epsilon",
-                        image_size: int = 32) -> Path:
-    """Save a tiny random SD pipeline to ``path``: renders ``image_size``², latents [4, image_size/4, image_size/4].
+                        image_size: int = 32, preset: str = "tiny") -> Path:
+    """Save a randomly initialised SD pipeline of a :func:`preset_configs` preset to ``path``.
 
     Uses CLIP's real vocabulary when :func:`clip_bpe_vocab` finds it, else a small generated one (with a warning).
     """
@@ -158,20 +195,13 @@ def build_tiny_pipeline(path: str | os.PathLike, seed: int = 0, prediction_type:
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(tmp, bpe))
 
+    cfgs = preset_configs(preset, image_size, len(tokenizer))
     torch.manual_seed(seed)
-    latent = image_size // 4  # three VAE blocks: two downsamplings
-    unet = UNet2DConditionModel(
-        sample_size=latent, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(32, 64),
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=32, use_linear_projection=True)
-    vae = AutoencoderKL(
-        sample_size=image_size, in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1,
-        block_out_channels=(16, 32, 32), norm_num_groups=8,
-        down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3)
+    unet = UNet2DConditionModel(**cfgs["unet"])
+    vae = AutoencoderKL(**cfgs["vae"])
     text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=2,
-        max_position_embeddings=MAX_LENGTH, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, projection_dim=32))
+        **cfgs["text"], bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id))
     # SD's training schedule (scaled_linear 0.00085..0.012 over 1000 steps), as in every SD 1.x/2.x scheduler config.
     scheduler = DDIMScheduler(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
                               beta_schedule="scaled_linear", clip_sample=False, set_alpha_to_one=False,
