@@ -154,12 +154,13 @@ class Trainer:
     def __init__(self, cfg: RunConfig, run_dir: Path | None = None, guidance=None):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        seed_everything(cfg.seed)
         tc: TrainerConfig = cfg.trainer
 
         if guidance is None:
             guidance, cfg.guidance = build_guidance(cfg.guidance, self.device)
         self.guidance = guidance
+        # Seeded after the guidance: building one draws random initial weights, a cached one (batch) does not.
+        seed_everything(cfg.seed)
         self.prompts = PromptSet(guidance, cfg.prompt, cfg.prompts, view_prompts=self._debiased_prompts())
 
         self.scene = Scene(cfg, self.device).to(self.device)

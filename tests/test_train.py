@@ -101,3 +101,16 @@ def test_two_stage_run_hands_off_resumes_in_fine_stage_and_exports(tiny_sd_path,
 
     mesh = trimesh.load(paths["glb"], force="mesh")
     assert len(mesh.faces) > 0 and mesh.visual.kind == "texture"
+
+
+def test_prebuilt_guidance_gives_the_same_run(tmp_path):
+    """Batch workers pass a cached guidance: the run must equal one that builds its own (building the embedded
+    prior draws random initial weights before loading its own)."""
+    def cfg():
+        return load_config(None, [*TINY, "trainer.steps=2"], prompt="a red cube", seed=3, **{"guidance.name": "shapes"})
+
+    own = Trainer(cfg(), run_dir=tmp_path / "own")
+    own.fit()
+    shared = Trainer(cfg(), run_dir=tmp_path / "shared", guidance=own.guidance)
+    shared.fit()
+    assert torch.equal(_params(own), _params(shared))
