@@ -21,3 +21,14 @@ def tiny_sd_vpred_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from dreamgen.testing.tiny_sd import build_tiny_pipeline
 
     return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-sd-v") / "pipe", seed=0, prediction_type="v_prediction")
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test on one torch thread: many tiny ops are slower with a thread pool on 2 shared cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

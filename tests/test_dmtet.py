@@ -23,12 +23,7 @@ from dreamgen.render.volume import RendererConfig, VolumeRenderer
 TINY_GRID = HashGridConfig(n_levels=4, log2_hashmap_size=12, base_resolution=8, per_level_scale=2.0)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_kuhn_grid_tiles_the_cube_conformingly():

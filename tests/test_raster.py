@@ -18,12 +18,7 @@ TINY_GRID = HashGridConfig(n_levels=3, log2_hashmap_size=10, base_resolution=4, 
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def screen(xy, faces, size=32, w=None):
