@@ -126,13 +126,16 @@ def edit(
     """Edit an existing run toward a new prompt (Delta Denoising Score); writes a new run folder."""
     from dreamgen.config import compose, load_yaml, parse_dotlist
     from dreamgen.runs import new_run_dir
-    from dreamgen.train import Trainer, load_scene
+    from dreamgen.train import Trainer
 
     t0 = time.perf_counter()
-    src_cfg, _, _ = load_scene(run_dir)
-    flags = {"prompt": prompt, "loss": {"name": loss}, "trainer": {"steps": steps} if steps else {},
-             "out_dir": str(out) if out is not None else src_cfg.out_dir, "source_run": str(run_dir.resolve())}
+    if not (run_dir / "config.yaml").exists():
+        raise DreamgenError(f"{run_dir} is not a run folder (no config.yaml)")
     base = load_yaml(run_dir / "config.yaml")
+    source_prompt = base.get("prompt", "")
+    flags = {"prompt": prompt, "loss": {"name": loss}, "trainer": {"steps": steps} if steps else {},
+             "out_dir": str(out) if out is not None else base.get("out_dir", "outputs"),
+             "source_run": str(run_dir.resolve())}  # the trainer loads (and checks) the source's checkpoint
     base.pop("loss", None)  # the source's loss settings do not apply to the edit's loss
     cfg = compose(base, flags, parse_dotlist(list(overrides)) if overrides else None)
     if not cfg.prompt.strip():
@@ -140,7 +143,7 @@ def edit(
     trainer = Trainer(cfg)
     new_dir = new_run_dir(cfg.out_dir, cfg.prompt)
     trainer.attach(new_dir)
-    log.info("editing %s (%r -> %r) into %s", run_dir, src_cfg.prompt, cfg.prompt, new_dir)
+    log.info("editing %s (%r -> %r) into %s", run_dir, source_prompt, cfg.prompt, new_dir)
     _fit_and_export(trainer, new_dir, t0)
 
 
