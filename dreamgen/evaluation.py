@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from dreamgen.export.mesh import auto_threshold, density_grid
+from dreamgen.geometry.isosurface import auto_threshold, density_grid
 from dreamgen.runs import atomic_write_text
 from dreamgen.train import load_scene
 from dreamgen.world.metrics import evaluate

@@ -12,6 +12,8 @@ import trimesh
 from dreamgen import registry
 from dreamgen.cameras import CameraConfig, make_cameras
 from dreamgen.errors import ConfigError
+from dreamgen.export.mesh import ExportConfig, extract_mesh
+from dreamgen.geometry.base import DensityField, SurfaceField
 from dreamgen.geometry.dmtet import _TRI_COUNT, DMTetConfig, DMTetGeometry
 from dreamgen.geometry.hashgrid import HashGridConfig
 from dreamgen.geometry.nerf import HashGridNeRF, NeRFConfig
@@ -64,7 +66,7 @@ def sphere_geometry(res: int, r: float, centre=(0.0, 0.0, 0.0), **kw) -> DMTetGe
 def test_marching_tets_sphere_is_a_closed_outward_mesh_with_the_right_area_and_volume():
     r = 0.6
     geo = sphere_geometry(24, r, centre=(0.05, -0.03, 0.02))
-    verts, faces = geo.extract()
+    verts, faces = geo.surface()
     mesh = trimesh.Trimesh(verts.detach().numpy(), faces.numpy(), process=False)
     assert mesh.is_watertight and mesh.is_winding_consistent
     assert abs(mesh.area / (4 * math.pi * r**2) - 1) < 0.02
@@ -85,7 +87,7 @@ def test_marching_tets_vertices_match_finite_differences_in_sdf_and_deformation(
 
     def objective() -> torch.Tensor:
         nonlocal weights
-        verts, _ = geo.extract()
+        verts, _ = geo.surface()
         if weights is None:
             weights = torch.randn(verts.shape, dtype=torch.float64)
         return (verts * weights).sum()
@@ -127,14 +129,15 @@ def test_deformation_bound_keeps_every_tet_positive():
 
 def test_mesh_export_and_registration():
     geo = sphere_geometry(8, 0.5).float()
-    mesh = geo.mesh()
+    assert isinstance(geo, SurfaceField) and not isinstance(geo, DensityField)
+    mesh = extract_mesh(geo, ExportConfig(largest_component=False, max_faces=0))
     assert mesh.is_watertight and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
     assert registry.lookup("geometry", "dmtet").cls is DMTetGeometry
     groups = {g["name"]: g for g in geo.param_groups(0.01, 0.001)}
     assert groups["geometry.net"]["lr"] == 0.001 and geo.sdf in groups["geometry.sdf"]["params"]
     with torch.no_grad():
         geo.sdf.fill_(1.0)
-    verts, faces = geo.extract()
+    verts, faces = geo.surface()
     assert faces.shape == (0, 3) and verts.requires_grad
 
 

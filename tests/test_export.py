@@ -12,7 +12,8 @@ import trimesh
 from pygltflib import GLTF2
 
 from dreamgen.errors import ConfigError, DreamgenError
-from dreamgen.export import ExportConfig, auto_threshold, density_grid, export_mesh, extract_mesh, save_mesh
+from dreamgen.export import ExportConfig, export_mesh, extract_mesh, save_mesh
+from dreamgen.geometry.isosurface import auto_threshold, density_grid
 
 PEAK = 50.0
 R0 = 0.5

@@ -146,7 +146,7 @@ def sphere(res=16, r=0.6):
 
 def test_sphere_mesh_silhouette_and_depth_match_the_analytic_sphere():
     geo, r = sphere(20), 0.6
-    verts, faces = geo.extract()
+    verts, faces = geo.surface()
     cams = make_cameras(torch.tensor([30.0, 200.0]), torch.tensor([20.0, -10.0]), torch.tensor([2.0, 2.0]),
                         torch.tensor([50.0, 50.0]), 48, CameraConfig())
     frags = rasterize(verts, faces, cams)

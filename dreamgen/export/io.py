@@ -11,7 +11,8 @@ import trimesh
 from trimesh.exchange.obj import export_obj
 
 from dreamgen.errors import ConfigError
-from dreamgen.export.mesh import FORMATS, DensityField, ExportConfig, extract_mesh
+from dreamgen.export.mesh import FORMATS, ExportConfig, extract_mesh
+from dreamgen.geometry.base import DensityField, SurfaceField
 from dreamgen.export.texture import extract_textured_mesh
 from dreamgen.runs import atomic_path
 
@@ -58,7 +59,8 @@ def save_mesh(mesh: trimesh.Trimesh, path: Path, fmt: str) -> Path:
     return write_atomic(path, lambda fh: mesh.export(file_obj=fh, file_type=fmt))
 
 
-def export_mesh(geometry: DensityField, cfg: ExportConfig, out_dir: Path, stem: str = "mesh") -> dict[str, Path]:
+def export_mesh(geometry: DensityField | SurfaceField, cfg: ExportConfig, out_dir: Path,
+                stem: str = "mesh") -> dict[str, Path]:
     """Extract one mesh from ``geometry`` and write it as ``out_dir/{stem}.{fmt}`` for each of ``cfg.formats``.
 
     Textured (``cfg.texture``) or vertex-coloured. With ``cfg.turntable_frames`` > 0 the first written file is loaded

@@ -1,37 +1,22 @@
-"""Marching-cubes extraction of a triangle mesh from a density field (the coarse NeRF stage): the surface,
-decimated to a face budget, with vertex colours (``extract_mesh``) or as input to texture baking (``texture.py``)."""
+"""The exported surface of a geometry: a surface field's own mesh or a density field's isosurface, decimated to a
+face budget, with vertex colours (``extract_mesh``) or as input to texture baking (``texture.py``)."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Protocol
 
 import fast_simplification
 import numpy as np
 import torch
 import trimesh
-from skimage.filters import threshold_otsu
-from skimage.measure import marching_cubes
-from torch import Tensor
 
 from dreamgen.errors import ConfigError, DreamgenError
+from dreamgen.geometry.base import DensityField, SurfaceField, field_device
+from dreamgen.geometry.isosurface import (THRESHOLD_RULES, auto_threshold, chunks, density_grid, isosurface,
+                                          query)
 
 FORMATS = ("glb", "obj")
-THRESHOLD_RULES = ("mean_occupied", "otsu")
-
-
-class DensityField(Protocol):
-    """What export needs from a geometry: any object with these members works."""
-
-    radius: float  # the object lives in [-radius, radius]^3
-
-    def density(self, points: Tensor) -> Tensor:  # [N,3] -> [N], non-negative
-        ...
-
-    def albedo(self, points: Tensor) -> Tensor:  # [N,3] -> [N,3] in [0,1]
-        ...
 
 
 @dataclass
@@ -85,65 +70,6 @@ class ExportConfig:
             raise ConfigError(f"export.turntable_resolution={self.turntable_resolution}: must be at least 16")
 
 
-def _field_device(geometry: DensityField) -> torch.device:
-    # Query points must live where the field's parameters do (a trained NeRF may sit on a GPU).
-    params = getattr(geometry, "parameters", None)
-    if callable(params):
-        for p in params():
-            return p.device
-    return torch.device("cpu")
-
-
-def _query(fn, batches: Iterable[np.ndarray], device: torch.device) -> np.ndarray:
-    out = []
-    with torch.no_grad():
-        for pts in batches:
-            out.append(fn(torch.from_numpy(pts).to(device=device, dtype=torch.float32)).float().cpu().numpy())
-    return np.concatenate(out, axis=0)
-
-
-def _chunks(points: np.ndarray, chunk: int) -> Iterator[np.ndarray]:
-    return (points[start : start + chunk] for start in range(0, len(points), chunk))
-
-
-def density_grid(geometry: DensityField, resolution: int, chunk: int = 65536) -> tuple[np.ndarray, float, np.ndarray]:
-    """Sample the density on a ``resolution^3`` lattice spanning [-radius, radius]^3 (both ends included).
-
-    Returns ``(grid, spacing, origin)`` with ``grid[i, j, k]`` the density at ``origin + spacing * (i, j, k)``.
-    """
-    radius = float(geometry.radius)
-    axis = np.linspace(-radius, radius, resolution, dtype=np.float32)
-    shape = (resolution,) * 3
-    n = resolution**3
-    # Points are built per chunk: the full lattice at resolution 512 would be 1.6 GB of coordinates.
-    batches = (
-        axis[np.stack(np.unravel_index(np.arange(start, min(start + chunk, n)), shape), axis=-1)]
-        for start in range(0, n, chunk)
-    )
-    grid = _query(geometry.density, batches, _field_device(geometry)).reshape(shape)
-    return grid, 2.0 * radius / (resolution - 1), np.full(3, -radius, dtype=np.float64)
-
-
-def auto_threshold(grid: np.ndarray, rule: str = "mean_occupied", floor_ratio: float = 1e-3) -> float:
-    """Iso-level for ``grid`` from the densities above ``floor_ratio * grid.max()`` (the occupied samples).
-
-    ``mean_occupied`` returns their mean, ``otsu`` their Otsu threshold. Empty space is excluded because it fills
-    most of the scene and would otherwise drag the level to ~0, where floaters and noise become surface.
-    """
-    peak = float(grid.max())
-    if not peak > 0:
-        raise DreamgenError(f"cannot extract a mesh: the density field is empty (maximum density {peak:g})")
-    occupied = grid[grid > floor_ratio * peak].astype(np.float64)
-    if occupied.min() == occupied.max():
-        # A two-valued (empty / one density) field: both rules would return that density, where no surface lies.
-        return 0.5 * peak
-    if rule == "mean_occupied":
-        return float(occupied.mean())
-    if rule == "otsu":
-        return float(threshold_otsu(occupied))
-    raise ConfigError(f"unknown threshold rule {rule!r}: must be one of {', '.join(THRESHOLD_RULES)}")
-
-
 def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     """Quadric edge-collapse ``mesh`` down to at most ``max_faces`` faces (unchanged if already within budget)."""
     if max_faces <= 0 or len(mesh.faces) <= max_faces:
@@ -155,38 +81,28 @@ def decimate(mesh: trimesh.Trimesh, max_faces: int) -> trimesh.Trimesh:
     return out
 
 
-def extract_surface(geometry: DensityField, cfg: ExportConfig) -> trimesh.Trimesh:
-    """An outward-facing, world-space mesh of at most ``cfg.max_faces`` faces: marching cubes on the density grid,
-    or, for surface geometries (DMTet) that have a ``mesh()`` method, their own mesh.
+def extract_surface(geometry: DensityField | SurfaceField, cfg: ExportConfig) -> trimesh.Trimesh:
+    """An outward-facing, world-space mesh of at most ``cfg.max_faces`` faces: a surface field's own surface, or
+    marching cubes on a density field's lattice at the configured (or automatic) iso-level.
 
     For density fields the threshold used is stored in ``mesh.metadata["density_threshold"]``.
     """
-    if hasattr(geometry, "mesh"):
+    if isinstance(geometry, SurfaceField):
         with torch.no_grad():
-            mesh = geometry.mesh()
-        mesh = trimesh.Trimesh(vertices=mesh.vertices, faces=mesh.faces, process=True)
+            verts, faces = geometry.surface()
+        if faces.shape[0] == 0:
+            raise DreamgenError("cannot export the surface: it is empty (the SDF has no zero crossing in its grid)")
+        # process=False: merging the coincident vertices of edges that meet at an sdf = 0 grid vertex would make
+        # marching tets' closed, consistently wound surface non-manifold.
+        mesh = trimesh.Trimesh(verts.float().cpu().numpy(), faces.cpu().numpy(), process=False)
         return decimate(_largest_component(mesh) if cfg.largest_component else mesh, cfg.max_faces)
     grid, spacing, origin = density_grid(geometry, cfg.resolution, cfg.chunk)
-    if not np.isfinite(grid).all():
-        raise DreamgenError("cannot extract a mesh: the density field contains NaN or Inf values")
     if cfg.threshold is None:
         level = auto_threshold(grid, cfg.threshold_rule, cfg.floor_ratio)
         how = f"automatic ({cfg.threshold_rule})"
     else:
         level, how = float(cfg.threshold), "export.threshold"
-    # Emptying the outermost layer of samples closes the surface where the object touches the scene bound, so the
-    # mesh is watertight instead of open at the box faces (and stays inside the bound).
-    closed = grid.copy()
-    closed[[0, -1], :, :] = closed[:, [0, -1], :] = closed[:, :, [0, -1]] = 0.0
-    lo, hi = float(grid.min()), float(closed.max())
-    if not lo < level < hi:
-        raise DreamgenError(
-            f"no surface at density threshold {level:g} ({how}): inside the scene bound the field's density spans "
-            f"[{lo:g}, {hi:g}]; set export.threshold=... to a value inside that range"
-        )
-    # "ascent": density increases inward, so this winding makes face normals point to decreasing density (outward).
-    verts, faces, _, _ = marching_cubes(closed, level=level, gradient_direction="ascent")
-    verts = origin + verts * spacing
+    verts, faces = isosurface(grid, spacing, origin, level, how)
     mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=True)
     if cfg.largest_component:
         mesh = _largest_component(mesh)
@@ -200,13 +116,13 @@ def _largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
     return max(parts, key=lambda m: len(m.faces)) if len(parts) > 1 else mesh
 
 
-def query_albedo(geometry: DensityField, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
+def query_albedo(geometry: DensityField | SurfaceField, points: np.ndarray, chunk: int = 65536) -> np.ndarray:
     """``geometry.albedo`` at ``points`` [N,3] in chunks, on the field's device: float32 [N,3] in [0,1]."""
     points = np.ascontiguousarray(points, dtype=np.float32)
-    return np.clip(_query(geometry.albedo, _chunks(points, chunk), _field_device(geometry)), 0.0, 1.0)
+    return np.clip(query(geometry.albedo, chunks(points, chunk), field_device(geometry)), 0.0, 1.0)
 
 
-def extract_mesh(geometry: DensityField, cfg: ExportConfig) -> trimesh.Trimesh:
+def extract_mesh(geometry: DensityField | SurfaceField, cfg: ExportConfig) -> trimesh.Trimesh:
     """``extract_surface`` with RGBA vertex colours from the albedo.
 
     The threshold used is stored in ``mesh.metadata["density_threshold"]``.

@@ -16,7 +16,8 @@ from PIL import Image
 from scipy import ndimage
 
 from dreamgen.errors import DreamgenError
-from dreamgen.export.mesh import DensityField, ExportConfig, extract_surface, query_albedo
+from dreamgen.export.mesh import ExportConfig, extract_surface, query_albedo
+from dreamgen.geometry.base import DensityField, SurfaceField
 
 # Candidate pixels tested per rasteriser batch: bounds memory (~200 bytes each) for huge triangles or images.
 _BATCH_PIXELS = 1 << 19
@@ -151,7 +152,8 @@ def dilate(image: np.ndarray, filled: np.ndarray, pixels: int) -> np.ndarray:
 
 
 def bake_albedo(
-    geometry: DensityField, unwrapped: Unwrapped, size: int, dilation: int = 8, chunk: int = 65536
+    geometry: DensityField | SurfaceField, unwrapped: Unwrapped, size: int, dilation: int = 8,
+    chunk: int = 65536
 ) -> tuple[np.ndarray, np.ndarray]:
     """Evaluate the albedo at the surface point of every texel centre covered by a UV triangle.
 
@@ -178,7 +180,7 @@ def textured_mesh(unwrapped: Unwrapped, texture: np.ndarray) -> trimesh.Trimesh:
     return trimesh.Trimesh(unwrapped.vertices, unwrapped.faces, visual=visual, process=False)
 
 
-def extract_textured_mesh(geometry: DensityField, cfg: ExportConfig) -> trimesh.Trimesh:
+def extract_textured_mesh(geometry: DensityField | SurfaceField, cfg: ExportConfig) -> trimesh.Trimesh:
     """``extract_surface``, unwrapped and with the albedo baked into a ``cfg.texture_size``-square texture.
 
     ``mesh.metadata`` carries ``density_threshold`` and ``texture_coverage`` (the fraction of texels on the surface).

@@ -19,12 +19,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import trimesh
 from torch import Tensor, nn
 
 from dreamgen.errors import ConfigError, DreamgenError
-from dreamgen.export.mesh import THRESHOLD_RULES, auto_threshold, density_grid
 from dreamgen.geometry.hashgrid import HashGridConfig, field_mlp, make_hash_grid
+from dreamgen.geometry.isosurface import THRESHOLD_RULES, auto_threshold, density_grid
 from dreamgen.geometry.tets import TET_EDGES, kuhn_grid, to_bbox, unique_edges
 from dreamgen.registry import register
 
@@ -174,7 +173,7 @@ class DMTetGeometry(nn.Module):
         offset = self.cfg.deformation_scale * self.cell_size * torch.tanh(self.deform)
         return to_bbox(self.unit_verts, self.bbox) + offset
 
-    def extract(self) -> tuple[Tensor, Tensor]:
+    def surface(self) -> tuple[Tensor, Tensor]:
         """Marching tets on the current SDF: verts [Nv,3] (differentiable in sdf and deform), faces [Nf,3] long,
         wound counter-clockwise seen from outside."""
         return marching_tets(self.vertex_positions(), self.sdf, self.tets)
@@ -183,17 +182,6 @@ class DMTetGeometry(nn.Module):
         """points [N,3] -> albedo [N,3] in [0,1] (the texture field)."""
         unit = ((points / self.radius + 1.0) * 0.5).clamp(0.0, 1.0)
         return torch.sigmoid(self.mlp(self.encoding(unit)).to(points.dtype))
-
-    @torch.no_grad()
-    def mesh(self) -> trimesh.Trimesh:
-        """The current surface as a world-space trimesh with RGBA vertex colours from the texture field (export)."""
-        verts, faces = self.extract()
-        if faces.shape[0] == 0:
-            raise DreamgenError("cannot export the DMTet mesh: the SDF has no zero crossing inside its grid")
-        rgb = self.albedo(verts).float().cpu().numpy()
-        rgba = np.concatenate([np.round(np.clip(rgb, 0, 1) * 255.0), np.full((len(rgb), 1), 255.0)], axis=1)
-        return trimesh.Trimesh(vertices=verts.float().cpu().numpy(), faces=faces.cpu().numpy(),
-                               vertex_colors=rgba.astype(np.uint8), process=False)
 
     def param_groups(self, lr: float, lr_net: float | None = None) -> list[dict]:
         """Adam groups: SDF + deformation and the texture tables at ``lr``, the texture MLP at ``lr_net``."""
@@ -265,7 +253,7 @@ class DMTetGeometry(nn.Module):
     def surface_samples(self, n: int, jitter_cells: float = 1.0) -> Tensor:
         """[n,3] points uniformly on the current mesh (area-weighted), jittered by N(0, (jitter_cells·cell)²)."""
         with torch.no_grad():
-            verts, faces = self.extract()
+            verts, faces = self.surface()
             if faces.shape[0] == 0:
                 raise DreamgenError("DMTet surface is empty: no zero crossing of the SDF inside its grid")
             tri = verts[faces]  # [F,3,3]

@@ -107,7 +107,7 @@ class MeshRenderer(nn.Module):
         bg = self.background(dirs, train=train)  # [B,H,W,3]
         light_pos = light_positions(cams.c2w[:, :3, 3], c, train)  # [B,3]
 
-        verts, faces = self.geometry.extract()
+        verts, faces = self.geometry.surface()
         zero = verts.sum() * 0.0  # keeps the scalars on the graph (and device) of the geometry
         if faces.shape[0] == 0:  # an SDF without a zero crossing renders as background
             return {"rgb": bg, "opacity": bg.new_zeros(B, H, W, 1), "depth": bg.new_zeros(B, H, W, 1),
