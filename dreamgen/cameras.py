@@ -12,31 +12,48 @@ Conventions (shared by the renderer, the procedural world and the prior's traini
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from dreamgen.errors import ConfigError
+from dreamgen.schema import bounded
 
 VIEWS = ("front", "side", "back", "overhead")
 
 
 @dataclass
 class CameraConfig:
-    batch_size: int = 1
-    elevation: list[float] = field(default_factory=lambda: [-10.0, 45.0])  # degrees, sampled uniformly
-    azimuth: list[float] = field(default_factory=lambda: [-180.0, 180.0])
-    distance: list[float] = field(default_factory=lambda: [1.5, 2.0])
-    fov: list[float] = field(default_factory=lambda: [40.0, 70.0])
+    batch_size: int = bounded(1, ge=1)
+    elevation: list[float] = bounded(factory=lambda: [-10.0, 45.0], ge=-90.0, le=90.0)  # degrees, uniform
+    azimuth: list[float] = bounded(factory=lambda: [-180.0, 180.0], ge=-360.0, le=360.0)
+    distance: list[float] = bounded(factory=lambda: [1.5, 2.0], gt=0.0)
+    fov: list[float] = bounded(factory=lambda: [40.0, 70.0], gt=0.0, lt=180.0)
     # Progressive resolution: resolution[i] is used from step resolution_milestones[i-1] on.
-    resolution: list[int] = field(default_factory=lambda: [64])
-    resolution_milestones: list[int] = field(default_factory=list)
-    front_range: float = 90.0
-    back_range: float = 90.0
-    overhead_elevation: float = 60.0
+    resolution: list[int] = bounded(factory=lambda: [64], gt=0)
+    resolution_milestones: list[int] = bounded(factory=list, ge=0)
+    front_range: float = bounded(90.0, gt=0.0, le=360.0)
+    back_range: float = bounded(90.0, gt=0.0, le=360.0)
+    overhead_elevation: float = bounded(60.0, ge=-90.0, le=90.0)
     # Fixed orbit used for previews, the final strip and evaluation.
-    eval_elevation: float = 15.0
-    eval_distance: float = 1.75
-    eval_fov: float = 55.0
+    eval_elevation: float = bounded(15.0, ge=-90.0, le=90.0)
+    eval_distance: float = bounded(1.75, gt=0.0)
+    eval_fov: float = bounded(55.0, gt=0.0, lt=180.0)
+
+    def check(self, key: str) -> None:
+        for name in ("elevation", "azimuth", "distance", "fov"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or lo_hi[0] > lo_hi[1]:
+                raise ConfigError(f"{key}.{name}={list(lo_hi)}: must be a range [low, high] with low ≤ high")
+        if not self.resolution:
+            raise ConfigError(f"{key}.resolution=[]: needs at least one resolution, e.g. [64]")
+        if len(self.resolution) != len(self.resolution_milestones) + 1:
+            raise ConfigError(f"{key}.resolution has {len(self.resolution)} entries and {key}.resolution_milestones "
+                              f"{len(self.resolution_milestones)}: it needs exactly one more (resolution[i] is used "
+                              "from milestone i-1 on)")
+        if list(self.resolution_milestones) != sorted(set(self.resolution_milestones)):
+            raise ConfigError(f"{key}.resolution_milestones={list(self.resolution_milestones)}: must be increasing")
 
 
 @dataclass
@@ -106,8 +123,6 @@ def make_cameras(azimuth: Tensor, elevation: Tensor, distance: Tensor, fov: Tens
 
 class CameraSampler:
     def __init__(self, cfg: CameraConfig):
-        if len(cfg.resolution) != len(cfg.resolution_milestones) + 1:
-            raise ValueError("camera.resolution needs exactly one more entry than camera.resolution_milestones")
         self.cfg = cfg
 
     def resolution(self, step: int) -> int:

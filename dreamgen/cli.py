@@ -1,7 +1,9 @@
-"""The ``dreamgen`` command line: run, edit, export, eval, batch, config show, losses, lab2d.
+"""The ``dreamgen`` command line: run, edit, export, eval, batch, config show, losses, doctor, lab2d.
 
-User errors (bad config key, unknown loss, missing weights, empty prompt, NaN) print one line and exit 2; a run that
-is interrupted keeps its last checkpoint and says how to resume. ``DREAMGEN_DEBUG=1`` shows full tracebacks.
+One grammar: ``run`` and ``batch`` take the same job flags (``--guidance --loss --config --steps --seed --out``) and
+trailing ``key=value`` overrides. Bad usage exits 2 with the usage line; bad input (config, prompt, files) prints one
+``error:`` line and exits 2; a runtime failure (NaN, full disk) exits 1; SIGINT/SIGTERM save a checkpoint at a step
+boundary, print the command that resumes, and exit 130/143. ``DREAMGEN_DEBUG=1`` shows full tracebacks.
 """
 
 from __future__ import annotations
@@ -9,14 +11,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from dreamgen.batch.cli import batch
+from dreamgen.config import job_flags
 from dreamgen.errors import DreamgenError
+from dreamgen.interrupts import InterruptPolicy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Text-to-3D by score distillation.")
@@ -24,136 +27,85 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect configurations.")
 app.add_typer(config_app, name="config")
 log = logging.getLogger("dreamgen")
 
+# The job flags `run`, `batch` and `config show` share.
+LOSS = typer.Option(None, "--loss", help="Distillation loss (see `dreamgen losses`).")
+CONFIG = typer.Option(None, "--config", help="YAML config file, or a preset name (see `dreamgen config presets`).")
+GUIDANCE = typer.Option(None, "--guidance", help="auto | shapes | stable-diffusion | a pipeline folder or hub id.")
+STEPS = typer.Option(None, "--steps", min=1, help="Optimisation steps of the first stage (trainer.steps).")
+SEED = typer.Option(None, "--seed", help="Random seed: a seeded CPU run is deterministic.")
 
-def _guidance_flags(guidance: Optional[str]) -> dict:
-    """``--guidance`` takes a registered name, or a diffusers pipeline folder / hub id (→ stable-diffusion)."""
-    if guidance is None:
-        return {}
-    from dreamgen import registry
 
-    if guidance in registry.entries("guidance"):
-        return {"guidance.name": guidance}
-    return {"guidance.name": "stable-diffusion", "guidance.pretrained": guidance}
+def _refuse(mode: str, **given: object) -> None:
+    bad = [name for name, value in given.items() if value is not None]
+    if bad:
+        raise DreamgenError(f"--{bad[0]} cannot be used with {mode}: the run's "
+                            f"{'settings are' if bad[0] != 'out' else 'folder is'} fixed by it "
+                            "(key=value overrides that can change apply)")
 
 
 @app.command()
 def run(
+    ctx: typer.Context,
     prompt: Optional[str] = typer.Argument(None, help="Text prompt, e.g. \"a red cube\"."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value, e.g. trainer.steps=500"),
-    loss: Optional[str] = typer.Option(None, "--loss", help="Distillation loss (see `dreamgen losses`)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file or preset name in configs/."),
-    guidance: Optional[str] = typer.Option(None, "--guidance",
-                                           help="auto | shapes | stable-diffusion | a pipeline folder or hub id."),
-    steps: Optional[int] = typer.Option(None, "--steps", help="Optimisation steps (trainer.steps)."),
-    seed: Optional[int] = typer.Option(None, "--seed"),
+    loss: Optional[str] = LOSS,
+    config: Optional[str] = CONFIG,
+    guidance: Optional[str] = GUIDANCE,
+    steps: Optional[int] = STEPS,
+    seed: Optional[int] = SEED,
     out: Optional[Path] = typer.Option(None, "--out", help="Parent folder of the run folder (default outputs/)."),
-    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run in this folder (--steps and "
+                                                                 "key=value overrides apply from its checkpoint on)."),
     from_run: Optional[Path] = typer.Option(None, "--from",
                                             help="Start the DMTet fine stage from this finished coarse run."),
 ) -> None:
-    """Optimise a 3-D object for PROMPT and export a mesh."""
-    from dreamgen.config import compose, load_config, load_yaml, parse_dotlist
-    from dreamgen.runs import new_run_dir
-    from dreamgen.train import Trainer
+    """Optimise a 3-D object for PROMPT and export a textured mesh."""
+    from dreamgen.config import load_config
+    from dreamgen.session import Session
 
     overrides = list(overrides or [])
-    t0 = time.perf_counter()
-    if resume is not None:
+    if resume is not None or from_run is not None:
+        mode = "--resume" if resume is not None else "--from"
         if prompt is not None:
-            overrides.insert(0, prompt)  # with --resume every positional argument is an override
-        cfg_file = resume / "config.yaml"
-        if not cfg_file.exists():
-            raise DreamgenError(f"cannot resume: {resume} is not a run folder (no config.yaml)")
-        cfg = compose(load_yaml(cfg_file), parse_dotlist(overrides) if overrides else None)
-        trainer = Trainer(cfg)
-        trainer.attach(resume)
-        trainer.load_checkpoint()
-        log.info("resuming %s at step %d/%d", resume, trainer.step, cfg.trainer.steps)
-        run_dir = resume
-    elif from_run is not None:
-        from dreamgen.train import load_scene
-
-        if prompt is not None:
+            if "=" not in prompt:
+                raise DreamgenError(f"with {mode} the prompt is the run's own; positional arguments are key=value "
+                                    f"overrides, got {prompt!r}")
             overrides.insert(0, prompt)
-        src_cfg, src_scene, src_step = load_scene(from_run)
-        if src_scene.stage != "nerf":
-            raise DreamgenError(f"--from needs a coarse (NeRF) run; {from_run} is already in its fine stage")
-        base = load_yaml(from_run / "config.yaml")
-        cfg = compose(base, {"stages": ["nerf", "dmtet"], "trainer": {"steps": src_step}},
-                      parse_dotlist(overrides) if overrides else None)
-        trainer = Trainer(cfg)
-        trainer.scene.load_state_dict(src_scene.state_dict())
-        trainer.step = cfg.trainer.steps  # the coarse stage is done: fit() starts with the hand-off
-        run_dir = new_run_dir(cfg.out_dir, cfg.prompt)
-        trainer.attach(run_dir)
-        log.info("fine stage of %s in %s", from_run, run_dir)
+        if resume is not None:
+            _refuse(mode, loss=loss, config=config, guidance=guidance, seed=seed, out=out, **{"from": from_run})
+            session = Session.resume(resume, overrides, steps=steps)
+        else:
+            _refuse(mode, loss=loss, config=config, guidance=guidance, seed=seed, steps=steps)
+            session = Session.from_coarse(from_run, overrides, out=out)
     else:
         if prompt is None:
             raise DreamgenError("missing PROMPT, e.g. dreamgen run \"a red cube\" (or --resume RUN_DIR)")
-        flags = {"prompt": prompt, "loss.name": loss, "trainer.steps": steps, "seed": seed,
-                 "out_dir": str(out) if out is not None else None, **_guidance_flags(guidance)}
-        cfg = load_config(config, overrides, **flags)
-        if not cfg.prompt.strip():
-            raise DreamgenError("the prompt is empty; give a text such as \"a red cube\"")
-        trainer = Trainer(cfg)
-        run_dir = new_run_dir(cfg.out_dir, cfg.prompt)
-        trainer.attach(run_dir)
-        log.info("run folder: %s", run_dir)
-    _fit_and_export(trainer, run_dir, t0)
+        cfg = load_config(config, overrides, prompt=prompt, out_dir=str(out) if out is not None else None,
+                          **job_flags(loss, guidance, steps, seed))
+        session = Session.new(cfg)
+    _finish(session, ctx.obj)
 
 
-def _fit_and_export(trainer, run_dir: Path, t0: float) -> None:
-    try:
-        trainer.fit()
-    except KeyboardInterrupt:
-        trainer.save_checkpoint()
-        raise DreamgenError(f"interrupted at step {trainer.step}; continue with: dreamgen run --resume {run_dir}")
-    t_opt = time.perf_counter() - t0
-    paths = _export(trainer.geometry, trainer.cfg, run_dir)
-    log.info("done in %.1f s (optimisation %.1f s): %s", time.perf_counter() - t0, t_opt,
-             ", ".join(str(p) for p in paths.values()))
+def _finish(session, interrupts: InterruptPolicy | None) -> None:
+    result = session.run(interrupts)
+    log.info("done in %.1f s (optimisation %.1f s): %s", result["seconds"], result["fit_seconds"],
+             ", ".join(str(p) for p in result["paths"].values()))
 
 
 @app.command()
 def edit(
+    ctx: typer.Context,
     run_dir: Path = typer.Argument(..., help="The run to edit."),
     prompt: str = typer.Argument(..., help="The new prompt."),
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value."),
     loss: str = typer.Option("dds", "--loss", help="A loss that takes a source (dds)."),
-    steps: Optional[int] = typer.Option(None, "--steps"),
+    steps: Optional[int] = STEPS,
     out: Optional[Path] = typer.Option(None, "--out"),
 ) -> None:
     """Edit an existing run toward a new prompt (Delta Denoising Score); writes a new run folder."""
-    from dreamgen.config import compose, load_yaml, parse_dotlist
-    from dreamgen.runs import new_run_dir
-    from dreamgen.train import Trainer
+    from dreamgen.session import Session
 
-    t0 = time.perf_counter()
-    if not (run_dir / "config.yaml").exists():
-        raise DreamgenError(f"{run_dir} is not a run folder (no config.yaml)")
-    base = load_yaml(run_dir / "config.yaml")
-    source_prompt = base.get("prompt", "")
-    flags = {"prompt": prompt, "loss": {"name": loss}, "trainer": {"steps": steps} if steps else {},
-             "out_dir": str(out) if out is not None else base.get("out_dir", "outputs"),
-             "source_run": str(run_dir.resolve())}  # the trainer loads (and checks) the source's checkpoint
-    base.pop("loss", None)  # the source's loss settings do not apply to the edit's loss
-    cfg = compose(base, flags, parse_dotlist(list(overrides)) if overrides else None)
-    if not cfg.prompt.strip():
-        raise DreamgenError("the new prompt is empty")
-    trainer = Trainer(cfg)
-    new_dir = new_run_dir(cfg.out_dir, cfg.prompt)
-    trainer.attach(new_dir)
-    log.info("editing %s (%r -> %r) into %s", run_dir, source_prompt, cfg.prompt, new_dir)
-    _fit_and_export(trainer, new_dir, t0)
-
-
-def _export(geometry, cfg, run_dir: Path, formats: Optional[list[str]] = None) -> dict:
-    from dreamgen.export import export_mesh
-
-    export_cfg = cfg.export
-    if formats:
-        export_cfg.formats = formats
-    return export_mesh(geometry, export_cfg, run_dir)
+    _finish(Session.edit(run_dir, prompt, loss, list(overrides or []), steps, out), ctx.obj)
 
 
 @app.command()
@@ -162,28 +114,44 @@ def export(
     format: list[str] = typer.Option(["glb"], "--format", help="glb and/or obj (repeat the option)."),
 ) -> None:
     """Extract the mesh of a run's last checkpoint again (e.g. as OBJ, or with other export.* settings)."""
-    from dreamgen.train import load_scene
+    from dreamgen.export import export_mesh
+    from dreamgen.session import load_scene
 
     bad = [f for f in format if f not in ("glb", "obj")]
     if bad:
         raise DreamgenError(f"unknown format {bad[0]!r}; valid formats: glb, obj")
     cfg, scene, step = load_scene(run_dir)
-    paths = _export(scene.particles[0], cfg, run_dir, formats=list(format))
+    cfg.export.formats = list(format)
+    paths = export_mesh(scene.particles[0], cfg.export, run_dir)
     log.info("exported step %d: %s", step, ", ".join(str(p) for p in paths.values()))
 
 
 @config_app.command("show")
 def config_show(
     overrides: Optional[list[str]] = typer.Argument(None, help="Config overrides key=value."),
-    config: Optional[Path] = typer.Option(None, "--config", help="YAML config file or preset name."),
-    loss: Optional[str] = typer.Option(None, "--loss"),
-    guidance: Optional[str] = typer.Option(None, "--guidance"),
+    config: Optional[str] = CONFIG,
+    loss: Optional[str] = LOSS,
+    guidance: Optional[str] = GUIDANCE,
+    steps: Optional[int] = STEPS,
+    seed: Optional[int] = SEED,
+    explain: bool = typer.Option(False, "--explain", help="Show beside each value the layer that set it."),
 ) -> None:
-    """Print the fully resolved configuration."""
-    from dreamgen.config import load_config, to_yaml
+    """Print the fully resolved configuration a `dreamgen run` with the same arguments would use."""
+    from dreamgen.config import compose_new, explain as explain_config, to_yaml
 
-    cfg = load_config(config, list(overrides or []), **{"loss.name": loss, **_guidance_flags(guidance)})
-    typer.echo(to_yaml(cfg), nl=False)
+    composed = compose_new(config, list(overrides or []), **job_flags(loss, guidance, steps, seed))
+    typer.echo(explain_config(composed) if explain else to_yaml(composed.cfg), nl=False)
+
+
+@config_app.command("presets")
+def config_presets() -> None:
+    """List the presets --config accepts by name, with the first line of each."""
+    from dreamgen.config import configs_root, preset_names
+
+    for name in preset_names():
+        text = (configs_root() / "presets" / f"{name}.yaml").read_text(encoding="utf-8")
+        first = next((ln.lstrip("# ").strip() for ln in text.splitlines() if ln.startswith("#")), "")
+        typer.echo(f"{name:<18} {first}")
 
 
 @app.command()
@@ -206,8 +174,8 @@ def losses() -> None:
 @app.command("eval")
 def eval_run(
     run_dir: Path = typer.Argument(..., help="A run whose prompt is a world caption, e.g. \"a red cube\"."),
-    views: int = typer.Option(8, "--views"),
-    resolution: int = typer.Option(64, "--resolution"),
+    views: int = typer.Option(8, "--views", min=1, help="Orbit views for the image metrics."),
+    resolution: int = typer.Option(64, "--resolution", min=8, help="Side of the evaluation renders in pixels."),
 ) -> None:
     """Compare a run with the true object of the procedural world (writes RUN_DIR/eval.json)."""
     from dreamgen.evaluation import evaluate_run
@@ -224,13 +192,13 @@ def lab2d(
     loss: str = typer.Option(..., "--loss", help="A registered loss, or 'all' for the docs table."),
     setting: str = typer.Option("particles", "--setting", help="particles | camera"),
     target: str = typer.Option("gaussian", "--target", help="gaussian | mixture"),
-    steps: int = typer.Option(3000, "--steps"),
-    lr: float = typer.Option(1e-2, "--lr"),
+    steps: int = typer.Option(3000, "--steps", min=1),
+    lr: float = typer.Option(1e-2, "--lr", min=0.0),
     seed: int = typer.Option(0, "--seed"),
-    n_particles: int = typer.Option(256, "--n-particles"),
-    lambda_entropy: Optional[float] = typer.Option(None, "--lambda-entropy", help="ESD's λ."),
+    n_particles: int = typer.Option(256, "--n-particles", min=2),
+    lambda_entropy: Optional[float] = typer.Option(None, "--lambda-entropy", min=0.0, max=1.0, help="ESD's λ."),
     score: str = typer.Option("exact", "--score", help="VSD-family particle score: exact | mlp"),
-    guidance_scale: float = typer.Option(1.0, "--guidance-scale"),
+    guidance_scale: float = typer.Option(1.0, "--guidance-scale", min=0.0),
     out: Path = typer.Option(Path("outputs/lab2d"), "--out"),
 ) -> None:
     """Run a loss in the 2-D exact-score lab: fitted spread vs the target, and a scatter plot."""
@@ -253,26 +221,37 @@ app.command()(batch)
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     debug = bool(os.environ.get("DREAMGEN_DEBUG"))
+    interrupts = InterruptPolicy()  # commands pass it (ctx.obj) to the loops that defer signals
     try:
-        app(standalone_mode=False)
+        with interrupts:
+            app(prog_name="dreamgen", standalone_mode=False, obj=interrupts)
     except DreamgenError as e:
         if debug:
             raise
         typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
-    except Exception as e:  # click usage errors and unexpected failures: one line, no traceback dump
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # a signal outside a training loop: that work was abandoned, nothing half-written
+        signum = interrupts.signum or 2
+        typer.echo("interrupted; nothing was left half-written", err=True)
+        sys.exit(128 + signum)
+    except Exception as e:
+        usage = _usage_error(e)
+        if usage is not None:
+            sys.exit(usage)
         if debug:
             raise
-        typer.echo(f"error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+        typer.echo(f"error: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]} "
                    "(set DREAMGEN_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
+
+
+def _usage_error(e: Exception) -> int | None:
+    """Click's usage errors (typer bundles its own click): print them as click does, return the exit code."""
+    show = getattr(e, "show", None)
+    code = getattr(e, "exit_code", None)
+    if callable(show) and isinstance(code, int) and type(e).__module__.endswith("click.exceptions"):
+        show()
+        return code
+    if type(e).__name__ == "Abort":
+        return 130
+    return None

@@ -1,26 +1,60 @@
-"""Run configuration: typed dataclasses per component, composed from YAML files and ``key=value`` overrides.
+"""Run configuration: typed dataclasses per component, composed from labelled layers, validated, explained.
 
-Layers, later wins: dataclass defaults < ``configs/default.yaml`` < ``--config FILE`` < CLI flags < dotlist overrides.
-Sections whose class depends on a name (``guidance``, ``loss``, ``geometry``) are validated against the config
-dataclass that the registry holds for that name; the others against their fixed dataclass. Either way a misspelt key
-is a :class:`ConfigError` naming the key and listing the valid ones.
+Layers, later wins (each has a label that ``dreamgen config show --explain`` prints beside the values it set):
+
+    default   the dataclass defaults of each component
+    base      dreamgen/configs/base.yaml (neutral)
+    profile   dreamgen/configs/profiles/<family>.yaml: how this guidance family is run (prior | stable-diffusion)
+    recipe    dreamgen/configs/recipes/<family>/<loss>.yaml: the loss as its paper runs it with that family
+    preset    --config NAME (dreamgen/configs/presets/NAME.yaml) or --config FILE
+    flag      --loss, --steps, --seed, --guidance, --out, ...
+    override  trailing key=value arguments (OmegaConf dotlist)
+
+The guidance family and the loss are decided first, from the names the layers give, because they select the profile
+and the recipe: ``guidance: auto`` resolves here to ``stable-diffusion`` when CUDA is usable and the SD weights are on
+this machine (a folder, or the Hugging Face cache), else to the embedded prior ``shapes``; the run's ``config.yaml``
+records the concrete choice.
+
+Named sections (``guidance``, ``loss``, ``geometry``) hold the component that the last layer naming one chose. A layer
+that names a *different* component for a section contributes nothing to it (its settings were meant for that other
+component); a layer naming the same component, or none, adds to it. So ``--loss sds`` on the default changes nothing,
+and ``--loss esd`` on a VSD preset starts ESD from its recipe.
+
+Every field is validated: unknown keys (a misspelt key names the valid ones), types, and the ranges declared with
+:func:`dreamgen.schema.bounded`; errors are one-line :class:`ConfigError`\\ s naming the key, the value and the range.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from dreamgen import registry
+from dreamgen import registry, schema
 from dreamgen.errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
-NAMED_SECTIONS = {"guidance": "guidance", "loss": "loss", "geometry": "geometry"}
+NAMED_SECTIONS = ("guidance", "loss", "geometry")
+DEFAULT_NAMES = {"guidance": "auto", "loss": "sds", "geometry": "hashgrid-nerf"}
+TOP_LEVEL_SCALARS = ("prompt", "seed", "device", "out_dir", "stages", "source_run")
+VALID_STAGES = (["nerf"], ["nerf", "dmtet"])
+DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+MAX_PROMPT = 1000  # characters: CLIP reads 77 tokens; a longer prompt is a mistake (a file pasted by accident)
+
+
+def configs_root() -> Any:
+    """The packaged ``dreamgen/configs`` folder (an ``importlib.resources`` Traversable: works from a wheel)."""
+    return importlib.resources.files("dreamgen") / "configs"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.name[:-5] for p in (configs_root() / "presets").iterdir() if p.name.endswith(".yaml"))
 
 
 def _fixed_sections() -> dict[str, type]:
@@ -30,7 +64,8 @@ def _fixed_sections() -> dict[str, type]:
     from dreamgen.prompts import PromptConfig
     from dreamgen.render.background import BackgroundConfig
     from dreamgen.render.volume import RendererConfig
-    from dreamgen.train import FineStageConfig, TrainerConfig
+    from dreamgen.scene import FineStageConfig
+    from dreamgen.train import TrainerConfig
 
     return {
         "camera": CameraConfig,
@@ -63,50 +98,53 @@ class RunConfig:
     export: Any = None
 
 
-TOP_LEVEL_SCALARS = ("prompt", "seed", "device", "out_dir", "stages", "source_run")
-DEFAULT_NAMES = {"guidance": "auto", "loss": "sds", "geometry": "hashgrid-nerf"}
+@dataclass
+class Layer:
+    label: str  # what --explain prints: "base", "profile prior", "recipe prior/sds", "preset esd", "flag", ...
+    data: DictConfig
 
 
-def _valid_keys(cfg_cls: type) -> str:
-    return ", ".join(f.name for f in dataclasses.fields(cfg_cls))
+@dataclass
+class Composed:
+    """A validated config and, per dotted key, the label of the layer that set it (absent: dataclass default)."""
+
+    cfg: RunConfig
+    sources: dict[str, str]
+    guidance_choice: str = ""  # how auto was resolved, when it was
 
 
-def _typed(section: str, cfg_cls: type, raw: Any) -> Any:
-    """Validate ``raw`` (a mapping) against ``cfg_cls`` and return a dataclass instance."""
-    raw = {} if raw is None else raw
-    if not isinstance(raw, (dict, DictConfig)):
-        raise ConfigError(f"config section '{section}' must be a mapping, got {raw!r}")
-    raw = OmegaConf.to_container(OmegaConf.create(raw), resolve=True) if isinstance(raw, DictConfig) else dict(raw)
-    # Fields typed Any (numbers or schedules) take the value as given: OmegaConf would otherwise type them by
-    # their default (a schedule default would reject a plain number).
-    free = {f.name for f in dataclasses.fields(cfg_cls) if f.type in (Any, "Any")}
-    given = {k: raw.pop(k) for k in list(raw) if k in free}
+# ---- reading layers ------------------------------------------------------------------------------------------------
+def _parse_yaml(text: str, where: str) -> DictConfig:
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(cfg_cls(**given)), raw)
-        return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as e:
-        key = getattr(e, "full_key", None) or getattr(e, "key", None)
-        msg = str(e).splitlines()[0]
-        if "not in" in msg or "ConfigKeyError" in type(e).__name__:
-            raise ConfigError(
-                f"unknown key '{section}.{key}' for {cfg_cls.__name__}; valid keys: {_valid_keys(cfg_cls)}"
-            ) from None
-        raise ConfigError(f"invalid value for '{section}.{key}': {msg}") from None
+        cfg = OmegaConf.create(text)
+    except Exception as e:  # yaml errors carry multi-line messages
+        raise ConfigError(f"cannot parse {where}: {str(e).splitlines()[0]}") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"config {where} must hold a mapping at top level")
+    return cfg
+
+
+def _packaged(rel: str) -> DictConfig | None:
+    res = configs_root().joinpath(*rel.split("/"))
+    return _parse_yaml(res.read_text(encoding="utf-8"), f"dreamgen/configs/{rel}") if res.is_file() else None
 
 
 def load_yaml(path: str | Path) -> DictConfig:
+    """A config file, or a preset name (``dreamgen/configs/presets/NAME.yaml``)."""
     p = Path(path)
-    if not p.exists() and not p.suffix:
-        p = CONFIG_DIR / f"{path}.yaml"
-    if not p.exists():
-        raise ConfigError(f"config file not found: {path} (presets live in {CONFIG_DIR})")
+    if not p.exists() and not p.suffix and "/" not in str(path):
+        preset = _packaged(f"presets/{path}.yaml")
+        if preset is None:
+            raise ConfigError(f"no config file or preset {str(path)!r}; presets: {', '.join(preset_names())}")
+        return preset
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {path}" + ("" if p.suffix else
+                                                              f" (presets: {', '.join(preset_names())})"))
     try:
-        cfg = OmegaConf.load(p)
-    except Exception as e:  # yaml errors carry multi-line messages
-        raise ConfigError(f"cannot parse {p}: {str(e).splitlines()[0]}") from None
-    if not isinstance(cfg, DictConfig):
-        raise ConfigError(f"config file {p} must hold a mapping at top level")
-    return cfg
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read config file {path}: {e.__class__.__name__}: {str(e).splitlines()[0]}") from None
+    return _parse_yaml(text, str(p))
 
 
 def parse_dotlist(overrides: list[str]) -> DictConfig:
@@ -119,93 +157,304 @@ def parse_dotlist(overrides: list[str]) -> DictConfig:
         raise ConfigError(f"cannot parse overrides: {str(e).splitlines()[0]}") from None
 
 
-def compose(*layers: DictConfig | dict | None) -> RunConfig:
-    """Merge raw layers (later wins) and validate every section into its dataclass."""
-    raw = OmegaConf.create({})
-    for layer in layers:
-        if layer is not None:
-            raw = OmegaConf.merge(raw, layer)
-    raw_dict = OmegaConf.to_container(raw, resolve=True)
-    assert isinstance(raw_dict, dict)
-
-    valid_top = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(raw_dict) - valid_top)
-    if unknown:
-        raise ConfigError(f"unknown top-level key '{unknown[0]}'; valid keys: {', '.join(sorted(valid_top))}")
-
-    cfg = RunConfig()
-    for key in TOP_LEVEL_SCALARS:
-        if key in raw_dict:
-            setattr(cfg, key, raw_dict[key])
-    cfg.seed = int(cfg.seed)
-    cfg.prompt = str(cfg.prompt)
-    if isinstance(cfg.stages, str):
-        cfg.stages = [cfg.stages]
-    if list(cfg.stages) not in (["nerf"], ["nerf", "dmtet"]):
-        raise ConfigError(f"stages={list(cfg.stages)}: valid are [nerf] and [nerf, dmtet]")
-
-    for section, kind in NAMED_SECTIONS.items():
-        sec = dict(raw_dict.get(section) or {})
-        name = sec.get("name", DEFAULT_NAMES[section])
-        sec["name"] = name
-        entry = registry.lookup(kind, name)
-        setattr(cfg, section, _typed(section, entry.config, sec))
-
-    for section, cls in _fixed_sections().items():
-        setattr(cfg, section, _typed(section, cls, raw_dict.get(section)))
-    return cfg
-
-
-def load_config(config: str | Path | None = None, overrides: list[str] | None = None, **flags: Any) -> RunConfig:
-    """Compose the run config: defaults, ``configs/default.yaml``, ``config``, CLI flags, then dotlist overrides."""
-    layers: list[Any] = []
-    default = CONFIG_DIR / "default.yaml"
-    if default.exists():
-        layers.append(load_yaml(default))
-    if config is not None:
-        layers.append(load_yaml(config))
-    flag_layer: dict[str, Any] = {}
+def flag_layer(flags: dict[str, Any]) -> DictConfig:
+    """``{"loss.name": "esd", "seed": 3, "trainer.steps": None}`` -> a nested layer (None: flag not given)."""
+    node: dict[str, Any] = {}
     for dotted, value in flags.items():
         if value is None:
             continue
-        node = flag_layer
+        cur = node
         *parents, leaf = dotted.split(".")
         for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    layers.append(flag_layer)
-    if overrides:
-        layers.append(parse_dotlist(overrides))
-    return compose(*_restart_renamed_sections(layers))
+            cur = cur.setdefault(p, {})
+        cur[leaf] = value
+    return OmegaConf.create(node)
 
 
-def _restart_renamed_sections(layers: list[Any]) -> list[Any]:
-    """A layer that names a component (``loss.name: vsd``) starts that section from the component's own defaults:
-    earlier layers' settings for the section were meant for another component (default.yaml tunes SDS, not VSD)."""
-    out: list[Any] = []
-    for layer in layers:
+def guidance_flags(guidance: str | None) -> dict[str, Any]:
+    """``--guidance`` takes a registered name, or a diffusers pipeline folder / hub id (→ stable-diffusion)."""
+    if guidance is None:
+        return {}
+    if guidance in registry.entries("guidance"):
+        return {"guidance.name": guidance}
+    return {"guidance.name": "stable-diffusion", "guidance.pretrained": guidance}
+
+
+def job_flags(loss: str | None = None, guidance: str | None = None, steps: int | None = None,
+              seed: int | None = None) -> dict[str, Any]:
+    """The config flags of the job options ``run``, ``batch`` and ``config show`` share (None: not given)."""
+    return {"loss.name": loss, "trainer.steps": steps, "seed": seed, **guidance_flags(guidance)}
+
+
+# ---- composing -----------------------------------------------------------------------------------------------------
+def _resolved(layer: DictConfig, key: str) -> Any:
+    try:
+        return OmegaConf.select(layer, key, throw_on_missing=False)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot resolve {key}: {str(e).splitlines()[0]}") from None
+
+
+def _named(layers: list[Layer], section: str) -> str:
+    names = [n for n in (_resolved(ly.data, f"{section}.name") for ly in layers) if n is not None]
+    return str(names[-1]) if names else DEFAULT_NAMES[section]
+
+
+def _same_component(layer_name: Any, final: str, section: str, concrete: str) -> bool:
+    if layer_name is None or layer_name == final:
+        return True
+    # A layer naming "auto" configures whatever auto resolved to (e.g. its `pretrained` SD source).
+    return section == "guidance" and layer_name == "auto"
+
+
+def _filter(layers: list[Layer], names: dict[str, str], concrete: str) -> list[Layer]:
+    """Drop, per named section, the sections of layers that name another component."""
+    out = []
+    for ly in layers:
+        data = ly.data
         for section in NAMED_SECTIONS:
-            named = isinstance(layer, (dict, DictConfig)) and isinstance(layer.get(section), (dict, DictConfig)) \
-                and layer[section].get("name") is not None
-            if named:
-                out = [_drop_section(prev, section) for prev in out]
-        out.append(layer)
+            if section in data and not _same_component(_resolved(data, f"{section}.name"), names[section], section,
+                                                       concrete):
+                data = OmegaConf.create({k: v for k, v in data.items() if k != section})
+        out.append(Layer(ly.label, data))
     return out
 
 
-def _drop_section(layer: Any, section: str) -> Any:
-    if not isinstance(layer, (dict, DictConfig)) or section not in layer:
-        return layer
-    data = OmegaConf.to_container(OmegaConf.create(layer), resolve=True)
-    assert isinstance(data, dict)
-    del data[section]
-    return data
+def _leaves(node: Any, prefix: str = "") -> list[str]:
+    if isinstance(node, dict):
+        keys = []
+        for k, v in node.items():
+            keys += _leaves(v, f"{prefix}.{k}" if prefix else str(k))
+        return keys
+    return [prefix]
 
 
+def _typed(section: str, cfg_cls: type, raw: Any) -> Any:
+    """Validate ``raw`` (a mapping) against ``cfg_cls`` and return a dataclass instance."""
+    raw = {} if raw is None else raw
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config section '{section}' must be a mapping, got {raw!r}")
+    raw = dict(raw)
+    # Fields typed Any (numbers or schedules) take the value as given: OmegaConf would otherwise type them by
+    # their default (a schedule default would reject a plain number).
+    free = {f.name for f in dataclasses.fields(cfg_cls) if f.type in (Any, "Any")}
+    given = {k: raw.pop(k) for k in list(raw) if k in free}
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(cfg_cls(**given)), raw)
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or getattr(e, "key", None)
+        msg = str(e).splitlines()[0]
+        if "not in" in msg or "ConfigKeyError" in type(e).__name__:
+            valid = ", ".join(f.name for f in dataclasses.fields(cfg_cls))
+            raise ConfigError(f"unknown key '{section}.{key}' for {cfg_cls.__name__}; valid keys: {valid}") from None
+        raise ConfigError(f"invalid value for '{section}.{key}': {msg}") from None
+
+
+def _merge(layers: list[Layer]) -> dict[str, Any]:
+    raw = OmegaConf.create({})
+    try:
+        for ly in layers:
+            raw = OmegaConf.merge(raw, ly.data)
+        out = OmegaConf.to_container(raw, resolve=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"cannot compose the config: {str(e).splitlines()[0]}") from None
+    assert isinstance(out, dict)
+    return out
+
+
+def compose_layers(layers: list[Layer], resolve_auto: bool = True) -> Composed:
+    """Merge ``layers`` (later wins) after the named-section rule, resolve ``guidance: auto``, build and validate every
+    section. The layers are used as given: :func:`load_config` prepends base, profile and recipe."""
+    names = {s: _named(layers, s) for s in NAMED_SECTIONS}
+    device = _resolved_top(layers, "device", "auto")
+    concrete, choice = names["guidance"], ""
+    if concrete == "auto" and resolve_auto:
+        concrete, choice = resolve_auto_guidance(_auto_source(layers), str(device))
+    layers = _filter(layers, names, concrete)
+    raw = _merge(layers)
+
+    valid_top = {f.name for f in dataclasses.fields(RunConfig)}
+    unknown = sorted(set(raw) - valid_top)
+    if unknown:
+        raise ConfigError(f"unknown top-level key '{unknown[0]}'; valid keys: {', '.join(sorted(valid_top))}")
+    cfg = RunConfig()
+    for key in TOP_LEVEL_SCALARS:
+        if key in raw:
+            setattr(cfg, key, raw[key])
+    _check_top_level(cfg)
+
+    sources: dict[str, str] = {}
+    for ly in layers:
+        for key in _leaves(OmegaConf.to_container(ly.data, resolve=False)):
+            sources[key] = ly.label
+
+    for section in NAMED_SECTIONS:
+        sec = dict(raw.get(section) or {})
+        name = concrete if section == "guidance" else names[section]
+        entry = registry.lookup(section, name)
+        if section == "guidance" and name != names["guidance"]:  # auto resolved: keep the keys that carry over
+            valid = {f.name for f in dataclasses.fields(entry.config)}
+            sec = {k: v for k, v in sec.items() if k in valid}
+            sources["guidance.name"] = f"auto: {choice}"
+        sec["name"] = name
+        setattr(cfg, section, _typed(section, entry.config, sec))
+    for section, cls in _fixed_sections().items():
+        setattr(cfg, section, _typed(section, cls, raw.get(section)))
+    validate(cfg)
+    return Composed(cfg, sources, choice)
+
+
+def _resolved_top(layers: list[Layer], key: str, default: Any) -> Any:
+    values = [v for v in (_resolved(ly.data, key) for ly in layers) if v is not None]
+    return values[-1] if values else default
+
+
+def _auto_source(layers: list[Layer]) -> str:
+    from dreamgen.guidance.auto import AutoGuidanceConfig
+
+    return str(_resolved_top(layers, "guidance.pretrained", AutoGuidanceConfig.pretrained))
+
+
+def resolve_auto_guidance(source: str, device: str) -> tuple[str, str]:
+    """``auto`` -> (concrete guidance name, why): Stable Diffusion when CUDA is usable and ``source``'s weights are
+    on this machine (a folder, or the Hugging Face cache), else the embedded prior."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return "shapes", "no CUDA device, so the embedded prior"
+    from dreamgen.guidance.stable_diffusion import weights_available
+
+    if weights_available(source):
+        return "stable-diffusion", f"CUDA available and {source} found on this machine"
+    return "shapes", (f"CUDA available but {source} is not in the Hugging Face cache, so the embedded prior "
+                      f"(download it with: dreamgen run PROMPT --guidance {source})")
+
+
+def family(guidance_name: str) -> str:
+    """The guidance family whose profile and recipes apply (registry metadata of the guidance)."""
+    return registry.lookup("guidance", guidance_name).meta["family"]
+
+
+def system_layers(guidance_name: str, loss_name: str) -> list[Layer]:
+    """base, the family's profile and, if there is one, the loss's recipe in that family."""
+    fam = family(guidance_name)
+    base = _packaged("base.yaml")
+    profile = _packaged(f"profiles/{fam}.yaml")
+    if base is None or profile is None:
+        missing = "base.yaml" if base is None else f"profiles/{fam}.yaml"
+        raise ConfigError(f"the installed dreamgen lacks its config file dreamgen/configs/{missing}; reinstall it")
+    layers = [Layer("base", base), Layer(f"profile {fam}", profile)]
+    recipe = _packaged(f"recipes/{fam}/{loss_name}.yaml")
+    if recipe is not None:
+        layers.append(Layer(f"recipe {fam}/{loss_name}", recipe))
+    return layers
+
+
+def user_layers(config: str | Path | None = None, overrides: list[str] | None = None,
+                **flags: Any) -> list[Layer]:
+    layers = []
+    if config is not None:
+        label = f"preset {config}" if not Path(config).exists() and not Path(config).suffix else f"config {config}"
+        layers.append(Layer(label, load_yaml(config)))
+    layers.append(Layer("flag", flag_layer(flags)))
+    if overrides:
+        layers.append(Layer("override", parse_dotlist(overrides)))
+    return layers
+
+
+def compose_new(config: str | Path | None = None, overrides: list[str] | None = None, **flags: Any) -> Composed:
+    """A new run's config: base, profile and recipe for the guidance family and loss the user layers end up naming,
+    then the user layers (--config, flags, overrides)."""
+    users = user_layers(config, overrides, **flags)
+    names = {s: _named(users, s) for s in NAMED_SECTIONS}
+    concrete = names["guidance"]
+    if concrete == "auto":
+        concrete, _ = resolve_auto_guidance(_auto_source(users), str(_resolved_top(users, "device", "auto")))
+    registry.lookup("guidance", concrete)  # an unknown name fails here, listing the valid ones
+    registry.lookup("loss", names["loss"])
+    return compose_layers(system_layers(concrete, names["loss"]) + users)
+
+
+def load_config(config: str | Path | None = None, overrides: list[str] | None = None, **flags: Any) -> RunConfig:
+    """Compose a new run's config (see the module docstring)."""
+    return compose_new(config, overrides, **flags).cfg
+
+
+def load_run_config(path: str | Path, overrides: list[str] | None = None, **flags: Any) -> RunConfig:
+    """A run folder's resolved ``config.yaml`` (complete: no base/profile/recipe is added), plus overrides."""
+    layers = [Layer("run config", load_yaml(path)), Layer("flag", flag_layer(flags))]
+    if overrides:
+        layers.append(Layer("override", parse_dotlist(overrides)))
+    return compose_layers(layers).cfg
+
+
+# ---- validation ----------------------------------------------------------------------------------------------------
+def _check_top_level(cfg: RunConfig) -> None:
+    try:
+        cfg.seed = int(cfg.seed)
+    except (TypeError, ValueError):
+        raise ConfigError(f"seed={cfg.seed!r}: must be an integer") from None
+    cfg.prompt = str(cfg.prompt)
+    if isinstance(cfg.stages, str):
+        cfg.stages = [cfg.stages]
+    if list(cfg.stages) not in VALID_STAGES:
+        raise ConfigError(f"stages={list(cfg.stages)}: valid are [nerf] and [nerf, dmtet]")
+    if not isinstance(cfg.device, str) or not DEVICE_RE.match(cfg.device):
+        raise ConfigError(f"device={cfg.device!r}: must be auto, cpu, cuda or cuda:N")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Ranges of every section (:func:`dreamgen.schema.check`) and the rules that relate sections."""
+    for f in dataclasses.fields(RunConfig):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            schema.check(value, f.name)
+    geo = registry.lookup("geometry", cfg.geometry.name)
+    if geo.meta.get("field") != "density":
+        raise ConfigError(f"geometry.name={cfg.geometry.name}: the coarse stage renders a density field "
+                          f"({', '.join(n for n, e in registry.entries('geometry').items() if e.meta.get('field') == 'density')}); "
+                          "DMTet is the fine stage: stages=[nerf,dmtet] (its settings: fine.geometry.*)")
+    guidance = registry.lookup("guidance", cfg.guidance.name)
+    if len(cfg.prompt) > MAX_PROMPT:
+        raise ConfigError(f"the prompt is {len(cfg.prompt)} characters long; at most {MAX_PROMPT}")
+    if cfg.prompt.strip():
+        guidance.cls.check_prompt(cfg.prompt)
+    stride = guidance.meta.get("latent_stride", 1)
+    sizes = [("camera.resolution", r) for r in cfg.camera.resolution]
+    if "dmtet" in cfg.stages:
+        sizes.append(("fine.resolution", cfg.fine.resolution))
+    for key, size in sizes:
+        if size % stride:
+            raise ConfigError(f"{key}={size}: {cfg.guidance.name} encodes renders to latents of stride {stride}, so "
+                              f"resolutions must be multiples of {stride} (e.g. {max(stride, size // stride * stride)})")
+
+
+# ---- output --------------------------------------------------------------------------------------------------------
 def to_yaml(cfg: RunConfig) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
-def from_yaml_file(path: str | Path) -> RunConfig:
-    """Reload a resolved ``config.yaml`` written into a run folder."""
-    return compose(load_yaml(path))
+def _flow(value: Any) -> str:
+    """One YAML flow-style line for a leaf value (lists as [a, b])."""
+    text = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def explain(composed: Composed) -> str:
+    """The resolved config as YAML with, beside each value, the layer that set it (``default``: dataclass)."""
+    data = OmegaConf.to_container(OmegaConf.structured(composed.cfg), resolve=True)
+    lines: list[str] = []
+
+    def walk(node: dict[str, Any], prefix: str, indent: int) -> None:
+        for k, v in node.items():
+            key = f"{prefix}.{k}" if prefix else str(k)
+            pad = "  " * indent
+            if isinstance(v, dict):
+                lines.append(f"{pad}{k}:")
+                walk(v, key, indent + 1)
+            else:
+                value = f"{pad}{k}: {_flow(v)}"
+                lines.append(f"{value:<60} # {composed.sources.get(key, 'default')}")
+
+    walk(data, "", 0)
+    return "\n".join(lines) + "\n"

@@ -1,21 +1,37 @@
 """``dreamgen eval RUN_DIR``: score a run whose prompt is a caption of the procedural world against the true object.
 
-The result is rendered by its own volume renderer (Lambertian, light at the camera, like the world's ground truth)
-and its occupancy is ``density > τ`` with τ the export's automatic iso-level, so the mesh and the metric agree.
-Metric definitions live in :mod:`dreamgen.world.metrics`.
+The result is rendered by its own renderer (Lambertian, light at the camera, like the world's ground truth) in the
+stage its newest checkpoint is in. Its occupancy is, for a density field, ``density > τ`` with τ the export's
+iso-level (so the mesh and the metric agree), and for a surface, the inside of its closed mesh. Metric definitions
+live in :mod:`dreamgen.world.metrics`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
-from dreamgen.geometry.isosurface import auto_threshold, density_grid
+from dreamgen.geometry.base import SurfaceField
+from dreamgen.geometry.isosurface import auto_threshold, density_grid, inside_mesh
 from dreamgen.runs import atomic_write_text
-from dreamgen.train import load_scene
+from dreamgen.session import load_scene
 from dreamgen.world.metrics import evaluate
+
+
+def occupancy_fn(geometry, export_cfg) -> tuple[Callable[[torch.Tensor], torch.Tensor], float | None]:
+    """(points [N,3] -> bool [N], the density threshold or None for a surface)."""
+    if isinstance(geometry, SurfaceField):
+        with torch.no_grad():
+            verts, faces = geometry.surface()
+        verts, faces = verts.float().cpu().numpy(), faces.cpu().numpy()
+        return (lambda p: torch.from_numpy(inside_mesh(verts, faces, p.cpu().numpy()))), None
+    grid, _, _ = density_grid(geometry, 64, export_cfg.chunk)
+    tau = export_cfg.threshold or auto_threshold(grid, export_cfg.threshold_rule, export_cfg.floor_ratio)
+    return (lambda p: geometry.density(p) > tau), float(tau)
 
 
 @torch.no_grad()
@@ -28,15 +44,10 @@ def evaluate_run(run_dir: Path, n_views: int = 8, resolution: int = 64) -> dict:
         out = renderer(cams, shading="lambertian", train=False)
         return out["rgb"], out["opacity"][..., 0]
 
-    grid, _, _ = density_grid(geometry, 64, cfg.export.chunk)
-    tau = cfg.export.threshold or auto_threshold(grid, cfg.export.threshold_rule, cfg.export.floor_ratio)
-
-    def occ_fn(points):
-        return geometry.density(points) > tau
-
+    occ_fn, tau = occupancy_fn(geometry, cfg.export)
     metrics = evaluate(render_fn, occ_fn, cfg.prompt, n_views=n_views, resolution=resolution,
                        camera_cfg=cfg.camera, occ_bound=float(geometry.radius))
-    metrics = {"prompt": cfg.prompt, "step": step, "density_threshold": float(tau), **metrics}
-    metrics["offset"] = [float(v) for v in torch.as_tensor(metrics["offset"]).flatten()]
+    metrics = {"prompt": cfg.prompt, "step": step, "stage": scene.stage.name, "density_threshold": tau, **metrics}
+    metrics["offset"] = [float(v) for v in np.asarray(metrics["offset"], dtype=np.float64).flatten()]
     atomic_write_text(Path(run_dir) / "eval.json", json.dumps(metrics, indent=2))
     return metrics

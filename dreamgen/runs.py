@@ -8,6 +8,7 @@ and renamed into place, so an interrupted write never leaves a half-written file
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import json
 import os
@@ -21,27 +22,46 @@ import numpy as np
 import torch
 from PIL import Image
 
+from dreamgen.errors import RunFailure
+
+
+def write_failure(path: Path, e: OSError) -> RunFailure:
+    """A one-line error for a failed write of ``path`` (full disk, read-only or special file system, a file where
+    a folder should be, permissions)."""
+    what = e.strerror or type(e).__name__
+    hint = {errno.ENOSPC: "free some space", errno.EDQUOT: "free some space",
+            errno.EROFS: "choose a writable folder with --out"}.get(e.errno, "check the path or choose another --out")
+    return RunFailure(f"cannot write {path}: {what}; {hint} (nothing half-written was left)")
+
 
 @contextlib.contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it to ``path``, on failure remove it."""
+    """Yield a temporary path beside ``path``; on success rename it to ``path``, on failure remove it. OS errors
+    (a full disk, a read-only folder) become a one-line :class:`RunFailure` naming ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are ordinary files
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; outputs are ordinary files
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
+    except BaseException as e:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        if isinstance(e, OSError):
+            raise write_failure(path, e) from None
         raise
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())  # the rename must not reach the disk before the data
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -78,38 +98,60 @@ def slugify(text: str, max_len: int = 40) -> str:
 
 
 def new_run_dir(out_dir: str | Path, prompt: str) -> Path:
+    """A fresh ``out_dir/<prompt-slug>-<YYYYmmdd-HHMMSS>[-N]`` with ``checkpoints/`` and ``previews/``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(out_dir) / f"{slugify(prompt)}-{stamp}"
     path, i = base, 1
-    while path.exists():  # two runs of one prompt in the same second
-        path = base.with_name(f"{base.name}-{i}")
-        i += 1
-    (path / "checkpoints").mkdir(parents=True)
-    (path / "previews").mkdir()
+    try:
+        while path.exists():  # two runs of one prompt in the same second
+            path = base.with_name(f"{base.name}-{i}")
+            i += 1
+        make_run_folders(path, exist_ok=False)
+    except OSError as e:
+        raise RunFailure(f"cannot create the run folder {path}: {e.strerror or type(e).__name__}; "
+                         f"--out must name a writable folder (it is {out_dir})") from None
     return path
 
 
+def make_run_folders(path: Path, exist_ok: bool = True) -> None:
+    (path / "checkpoints").mkdir(parents=True, exist_ok=exist_ok)
+    (path / "previews").mkdir(exist_ok=exist_ok)
+
+
 class MetricsLog:
-    """Append-only JSONL log (one flushed line per record: a crash loses at most the line being written)."""
+    """Append-only JSONL log (one flushed line per record: a crash loses at most the line being written, and a torn
+    last line is skipped when reading)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
 
     def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        try:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        except OSError as e:
+            raise write_failure(self.path, e) from None
+
+    def _lines(self) -> list[tuple[str, dict[str, Any]]]:
+        out = []
+        for ln in self.path.read_text(errors="replace").splitlines():
+            try:
+                rec = json.loads(ln)
+            except json.JSONDecodeError:
+                continue  # a line torn by a kill during an append
+            if isinstance(rec, dict):
+                out.append((ln, rec))
+        return out
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop records past the checkpoint's step so the log matches the restored state."""
+        """On resume, keep only whole records up to the checkpoint's step, so the log matches the restored state."""
         if not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = [ln for ln, rec in self._lines() if rec.get("step", 0) <= step]
         atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
 
     def read(self) -> list[dict[str, Any]]:
-        if not self.path.exists():
-            return []
-        return [json.loads(ln) for ln in self.path.read_text().splitlines() if ln.strip()]
+        return [rec for _, rec in self._lines()] if self.path.exists() else []
 
 
 def timed(fn: Callable[[], Any], sync: bool) -> tuple[Any, float]:

@@ -1,18 +1,23 @@
 """The optimisation loop: render random cameras, score them with a distillation loss, step Adam.
 
-One step (the hot path): cameras → volume render → guidance encode → loss (guidance forward inside) → backward →
-optimiser. Each phase is timed; ``scripts/bench.py`` reports the breakdown. Checkpoints hold everything needed to
-continue bit-for-bit on CPU: parameters, optimiser, the loss's own state (LoRA, fixed noise...), and RNG states.
+One step (the hot path): cameras → render → guidance encode → loss (guidance forward inside) → backward → optimiser.
+Each phase is timed; ``scripts/bench.py`` reports the breakdown. Checkpoints hold everything needed to continue
+bit-for-bit on CPU (parameters, optimiser, the loss's own state, the run's random streams), in types that load with
+``torch.load(weights_only=True)``.
+
+Randomness is per run (:class:`RunRandom`): the run's CPU and CUDA generator states are installed around every
+piece of the run's own work and captured after it, so nothing else in the process (building or caching a guidance,
+another run in a batch worker) shifts the run's random stream, and a checkpoint restores it exactly.
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
+import contextlib
 import logging
 import math
 import random
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,74 +25,52 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from dreamgen import registry
-from dreamgen.cameras import CameraSampler, Cameras, rays
-from dreamgen.config import RunConfig, to_yaml
-from dreamgen.errors import DreamgenError, NonFiniteError
-from dreamgen.guidance.auto import build_guidance
+from dreamgen.cameras import Cameras
+from dreamgen.checkpoint import load_checkpoint, save_checkpoint
+from dreamgen.device import resolve_device
+from dreamgen.errors import ConfigError, DreamgenError, Interrupted, NonFiniteError
+from dreamgen.interrupts import InterruptPolicy, signal_name
 from dreamgen.losses.base import LossInput
 from dreamgen.losses.core import scheduled
+from dreamgen.progress import Progress
 from dreamgen.prompts import PromptSet
-from dreamgen.geometry.dmtet import DMTetConfig, DMTetGeometry
-from dreamgen.render.background import Background
-from dreamgen.render.mesh_renderer import MeshRenderer, MeshRendererConfig
-from dreamgen.render.shading import ShadingConfig
-from dreamgen.render.volume import VolumeRenderer
-from dreamgen.runs import MetricsLog, atomic_torch_save, atomic_write_text, image_grid, save_png, timed
+from dreamgen.runs import MetricsLog, image_grid, save_png, timed
+from dreamgen.scene import Scene
+from dreamgen.schema import bounded
 
 log = logging.getLogger("dreamgen")
 
 PHASES = ("render", "encode", "loss", "backward", "optimizer")
+DIVERGED = 1e4  # |parameter| beyond which a run has blown up (hash tables and MLP weights live around 1e-2..10)
 
 
 @dataclass
 class TrainerConfig:
-    steps: int = 1000
-    lr: float = 0.01  # hash-grid tables
-    lr_net: float = 0.001  # density/albedo MLPs
-    lr_background: float = 0.001
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
-    adam_eps: float = 1e-15
-    checkpoint_every: int = 100
-    preview_every: int = 100  # 0 disables intermediate previews (the final strip is always written)
-    preview_views: int = 8
-    preview_resolution: int = 64
-    log_every: int = 1
+    steps: int = bounded(1000, ge=1)
+    lr: float = bounded(0.01, gt=0.0)  # hash-grid tables
+    lr_net: float = bounded(0.001, gt=0.0)  # density/albedo MLPs
+    lr_background: float = bounded(0.001, ge=0.0)
+    adam_betas: list[float] = bounded(factory=lambda: [0.9, 0.99], ge=0.0, lt=1.0)
+    adam_eps: float = bounded(1e-15, gt=0.0)
+    checkpoint_every: int = bounded(100, ge=1)
+    preview_every: int = bounded(100, ge=0)  # 0 disables intermediate previews (the final strip is always written)
+    preview_views: int = bounded(8, ge=1)
+    preview_resolution: int = bounded(64, ge=8)
+    log_every: int = bounded(1, ge=1)
     mixed_precision: bool = True  # bf16 autocast on CUDA; ignored on CPU
     # Regulariser weights; each may be a schedule [start_step, v0, v1, end_step].
-    lambda_orient: Any = 0.0
-    lambda_sparsity: Any = 0.0
-    lambda_opacity: Any = 0.0
-    particles: int = 1  # independent 3-D particles sharing one loss (VSD particles, RSD)
+    lambda_orient: Any = bounded(0.0, ge=0.0)
+    lambda_sparsity: Any = bounded(0.0, ge=0.0)
+    lambda_opacity: Any = bounded(0.0, ge=0.0)
+    particles: int = bounded(1, ge=1)  # independent 3-D particles sharing one loss (VSD particles, RSD)
     progress: bool = True
+    progress_every: int = bounded(100, ge=1)  # steps between progress lines when stderr is not a terminal
 
-
-@dataclass
-class FineStageConfig:
-    """The DMTet stage of ``stages: [nerf, dmtet]`` (Magic3D): a surface handed off from the coarse NeRF, rendered
-    by the mesh rasteriser at a higher resolution, with a lower noise range."""
-
-    steps: int = 300
-    resolution: int = 64
-    lr: float = 0.005  # SDF, deformation and texture tables
-    lr_net: float = 0.001  # texture MLP
-    t_min: Any = 0.02
-    t_max: Any = 0.5
-    lambda_normal_consistency: Any = 0.0
-    lambda_laplacian: Any = 0.0
-    backend: str = "auto"  # rasteriser: auto (nvdiffrast on CUDA when importable) | torch | nvdiffrast
-    geometry: DMTetConfig = field(default_factory=DMTetConfig)
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DreamgenError(f"device {name!r} requested but CUDA is not available; use device=cpu")
-    return dev
+    def check(self, key: str) -> None:
+        if len(self.adam_betas) != 2:
+            raise ConfigError(f"{key}.adam_betas={list(self.adam_betas)}: needs two values, e.g. [0.9, 0.99]")
 
 
 def seed_everything(seed: int) -> None:
@@ -96,92 +79,70 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-class Scene(nn.Module):
-    """The optimised 3-D content: P geometry particles sharing one background, each with its renderer.
+class RunRandom:
+    """The run's own CPU and CUDA random states (see the module docstring)."""
 
-    ``stage`` is ``nerf`` (volume rendering of the configured geometry) or ``dmtet`` (surfaces, rasterised).
-    """
+    def __init__(self, seed: int, device: torch.device):
+        self.cuda = device.type == "cuda"
+        with torch.random.fork_rng(devices=[device] if self.cuda else []):
+            torch.manual_seed(seed)
+            self.cpu_state = torch.get_rng_state()
+            self.cuda_state = torch.cuda.get_rng_state(device) if self.cuda else None
+        self.device = device
 
-    def __init__(self, cfg: RunConfig, device: torch.device | str = "cpu"):
-        super().__init__()
-        geo_entry = registry.lookup("geometry", cfg.geometry.name)
-        self.stage = "nerf"
-        self.particles = nn.ModuleList([geo_entry.cls(cfg.geometry, device=device)
-                                        for _ in range(max(1, cfg.trainer.particles))])
-        self.background = Background(cfg.background)
-        self.renderers = nn.ModuleList([VolumeRenderer(g, self.background, cfg.renderer) for g in self.particles])
+    def snapshot(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda else None
 
-    def to_fine(self, cfg: RunConfig, device: torch.device | str, handoff: bool = True) -> None:
-        """Replace every NeRF particle by a DMTet surface, initialised from it when ``handoff`` (else empty, to be
-        filled from a checkpoint)."""
-        fine = cfg.fine
-        # The texture field inherits the coarse albedo network, so the hand-off copies it instead of distilling.
-        geo_cfg = dataclasses.replace(fine.geometry, grid=copy.deepcopy(cfg.geometry.grid),
-                                      mlp_width=cfg.geometry.mlp_width, mlp_layers=cfg.geometry.mlp_layers,
-                                      radius=cfg.geometry.radius)
-        geos = [DMTetGeometry.from_nerf(g, geo_cfg) if handoff else DMTetGeometry(geo_cfg, device=device)
-                for g in self.particles]
-        shading = {f.name: getattr(cfg.renderer, f.name) for f in dataclasses.fields(ShadingConfig)}
-        mesh_cfg = MeshRendererConfig(**shading, backend=fine.backend)
-        self.particles = nn.ModuleList(geos).to(device)
-        self.renderers = nn.ModuleList([MeshRenderer(g, self.background, mesh_cfg) for g in self.particles])
-        self.stage = "dmtet"
+    def restore(self, states: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+        torch.set_rng_state(states[0])
+        if self.cuda:
+            torch.cuda.set_rng_state(states[1], self.device)
 
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Run the block on this run's streams; the process's own states are put back afterwards."""
+        outside = self.snapshot()
+        self.restore((self.cpu_state, self.cuda_state))
+        try:
+            yield
+        finally:
+            self.cpu_state, self.cuda_state = self.snapshot()
+            self.restore(outside)
 
-def load_scene(run_dir: Path, device: torch.device | str = "cpu") -> tuple[RunConfig, Scene, int]:
-    """Rebuild a run's scene from its ``config.yaml`` and last checkpoint (no guidance needed): export, eval."""
-    from dreamgen.config import from_yaml_file
+    def state_dict(self) -> dict[str, torch.Tensor | None]:
+        return {"cpu": self.cpu_state, "cuda": self.cuda_state}
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").exists():
-        raise DreamgenError(f"{run_dir} is not a run folder (no config.yaml)")
-    ckpt = run_dir / "checkpoints" / "last.pt"
-    if not ckpt.exists():
-        raise DreamgenError(f"{run_dir} has no checkpoint yet ({ckpt} is missing)")
-    cfg = from_yaml_file(run_dir / "config.yaml")
-    scene = Scene(cfg, device).to(device)
-    state = torch.load(ckpt, map_location=device, weights_only=False)
-    if state.get("stage", "nerf") == "dmtet":
-        scene.to_fine(cfg, device, handoff=False)
-    scene.load_state_dict(state["scene"])
-    return cfg, scene, int(state["step"])
+    def load_state_dict(self, state: dict[str, torch.Tensor | None]) -> None:
+        self.cpu_state = state["cpu"].cpu()
+        if self.cuda and state.get("cuda") is not None:
+            self.cuda_state = state["cuda"].cpu()
 
 
 class Trainer:
-    """Owns the components of one run and writes its folder (``run_dir`` may be attached after construction, so
-    a failure while building components leaves no empty folder behind)."""
+    """Owns the components of one run and writes its folder (``attach`` names the folder after the components are
+    built, so a failure while building them leaves no empty folder behind)."""
 
-    def __init__(self, cfg: RunConfig, run_dir: Path | None = None, guidance=None):
+    def __init__(self, cfg, guidance):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        tc: TrainerConfig = cfg.trainer
-
-        if guidance is None:
-            guidance, cfg.guidance = build_guidance(cfg.guidance, self.device)
         self.guidance = guidance
-        # Seeded after the guidance: building one draws random initial weights, a cached one (batch) does not.
-        seed_everything(cfg.seed)
-        self.prompts = PromptSet(guidance, cfg.prompt, cfg.prompts, view_prompts=self._debiased_prompts())
-
-        self.scene = Scene(cfg, self.device).to(self.device)
-        self.particles, self.background, self.renderers = (self.scene.particles, self.scene.background,
-                                                           self.scene.renderers)
-        self.sampler = CameraSampler(cfg.camera)
+        self.random = RunRandom(cfg.seed, self.device)
+        seed_everything(cfg.seed)  # numpy / python streams of libraries that draw from them
+        with self.random.active():
+            self.prompts = PromptSet(guidance, cfg.prompt, cfg.prompts, view_prompts=self._debiased_prompts())
+            self.scene = Scene(cfg, self.device)
+            self.loss = registry.lookup("loss", cfg.loss.name).cls(cfg.loss, guidance).to(self.device)
         self.camera_gen = torch.Generator().manual_seed(cfg.seed)
-
-        # The loss gets its own copy of its config: the fine stage changes its noise range.
-        self.loss = registry.lookup("loss", cfg.loss.name).cls(copy.deepcopy(cfg.loss), guidance).to(self.device)
-        self.optimizer = self._optimizer(tc.lr, tc.lr_net)
-
+        self.sampler = self.scene.stage.sampler()
+        self.optimizer = self._optimizer()
         self.source: tuple[Scene, PromptSet] | None = None
-        if cfg.source_run:
-            src_cfg, src_scene, _ = load_scene(Path(cfg.source_run), self.device)
-            self.set_source(src_scene, src_cfg.prompt)
         self.step = 0
-        if run_dir is not None:
-            self.attach(run_dir)
+        self.run_dir: Path | None = None
+        self.metrics: MetricsLog | None = None
+        self._warned_divergence = False
+        self.checkpoint_step: int | None = None  # step of the newest checkpoint written or loaded
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
-                         if self.device.type == "cuda" and tc.mixed_precision else nullcontext())
+                         if self.device.type == "cuda" and cfg.trainer.mixed_precision else nullcontext())
 
     def _debiased_prompts(self) -> dict[str, str] | None:
         """D-SDS prompt debiasing, when the loss config names a masked language model."""
@@ -195,51 +156,66 @@ class Trainer:
         log.info("debiased view prompts: %s", per_view)
         return per_view
 
-    @property
-    def total_steps(self) -> int:
-        return self.cfg.trainer.steps + (self.cfg.fine.steps if "dmtet" in self.cfg.stages else 0)
-
-    def _optimizer(self, lr: float, lr_net: float) -> torch.optim.Adam:
-        tc = self.cfg.trainer
-        groups: list[dict[str, Any]] = []
-        for g in self.particles:
-            groups += g.param_groups(lr, lr_net)
-        groups.append({"params": list(self.background.parameters()), "lr": tc.lr_background, "name": "background"})
-        groups = [g for g in groups if g["params"]]
-        return torch.optim.Adam(groups, betas=tuple(tc.adam_betas), eps=tc.adam_eps)
-
-    def enter_fine_stage(self, handoff: bool = True) -> None:
-        """Switch to the DMTet stage: surfaces from the NeRFs, a fresh optimiser, the fine render resolution and
-        noise range (Magic3D)."""
-        fine = self.cfg.fine
-        t0 = time.perf_counter()
-        self.scene.to_fine(self.cfg, self.device, handoff)
-        self.particles, self.renderers = self.scene.particles, self.scene.renderers
-        self.optimizer = self._optimizer(fine.lr, fine.lr_net)
-        self.sampler = CameraSampler(dataclasses.replace(self.cfg.camera, resolution=[fine.resolution],
-                                                         resolution_milestones=[]))
-        self.loss.cfg.t_min, self.loss.cfg.t_max = fine.t_min, fine.t_max
-        if handoff:
-            log.info("fine stage: DMTet hand-off in %.1f s, %d more steps at %d px",
-                     time.perf_counter() - t0, fine.steps, fine.resolution)
-
-    def set_source(self, scene: Scene, prompt: str) -> None:
-        """Editing: start from ``scene`` and keep a frozen copy of it, rendered at every step's cameras, as the
-        source of the loss (``LossInput.source_x``/``source_cond``, e.g. DDS)."""
-        self.scene.load_state_dict(scene.state_dict())
-        scene = scene.to(self.device).eval().requires_grad_(False)
-        self.source = (scene, PromptSet(self.guidance, prompt, self.cfg.prompts))
-
     def attach(self, run_dir: Path) -> None:
         self.run_dir = Path(run_dir)
         self.metrics = MetricsLog(self.run_dir / "metrics.jsonl")
 
     @property
+    def particles(self):
+        return self.scene.particles
+
+    @property
+    def renderers(self):
+        return self.scene.renderers
+
+    @property
     def geometry(self):
-        return self.particles[0]
+        return self.scene.particles[0]
+
+    @property
+    def total_steps(self) -> int:
+        return sum(s.steps for s in self.scene.stages)
+
+    def stage_end(self, index: int) -> int:
+        """The step at which stage ``index`` ends."""
+        return sum(s.steps for s in self.scene.stages[: index + 1])
+
+    def _optimizer(self) -> torch.optim.Adam:
+        tc = self.cfg.trainer
+        return torch.optim.Adam(self.scene.param_groups(), betas=tuple(tc.adam_betas), eps=tc.adam_eps)
+
+    def enter_stage(self, index: int, handoff: bool = True) -> None:
+        """Switch to stage ``index``: geometry handed off (or empty, for a checkpoint to fill), its renderer, a fresh
+        optimiser at its learning rates, its camera sampler."""
+        t0 = time.perf_counter()
+        with self.random.active():
+            self.scene.enter(index, self.device, handoff)
+        self.optimizer = self._optimizer()
+        self.sampler = self.scene.stage.sampler()
+        if handoff:
+            log.info("stage %s: hand-off in %.1f s, %d more steps", self.scene.stage.name, time.perf_counter() - t0,
+                     self.scene.stage.steps)
+
+    def adopt(self, scene: Scene, step: int) -> None:
+        """Continue from another run's scene as of its ``step`` (``run --from``: a finished coarse stage)."""
+        self.scene.load_state_dict(scene.state_dict())
+        self.step = step
+
+    def set_source(self, scene: Scene, prompt: str) -> None:
+        """Editing: start from ``scene`` and keep a frozen copy of it, rendered at every step's cameras with the
+        same random draws, as the source of the loss (``LossInput.source_x``/``source_cond``, e.g. DDS)."""
+        self.scene.load_state_dict(scene.state_dict())
+        scene = scene.to(self.device).eval().requires_grad_(False)
+        with self.random.active():
+            self.source = (scene, PromptSet(self.guidance, prompt, self.cfg.prompts))
 
     # ---- one optimisation step ----------------------------------------------------------------------------------
-    def train_step(self) -> dict[str, float]:
+    def train_step(self) -> dict[str, Any]:
+        """One step on the run's random streams."""
+        with self.random.active():
+            return self._train_step()
+
+    def _train_step(self) -> dict[str, Any]:
         step = self.step
         sync = self.device.type == "cuda"
         times: dict[str, float] = {}
@@ -248,53 +224,53 @@ class Trainer:
             r.update_occupancy(step)
 
         with self.autocast:
-            rng = torch.get_rng_state()
+            draws = self.random.snapshot()  # the source is rendered with the same draws (shading, light, jitter)
             outs, times["render"] = timed(lambda: [r(cams, shading="random", train=True) for r in self.renderers],
                                           sync)
             rgb = torch.cat([o["rgb"] for o in outs])  # [P*B,H,W,3], particle-major
             x, times["encode"] = timed(lambda: self.guidance.encode_images(rgb), sync)
             inp = self._loss_input(x, rgb, outs, cams)
             if self.source is not None:
-                inp.source_x, inp.source_cond = self._source_input(cams, rng)
+                inp.source_x, inp.source_cond = self._source_input(cams, draws)
             loss_out, times["loss"] = timed(lambda: self.loss(inp), sync)
             reg = self._regularisers(outs, step)
             total = loss_out.loss + sum(reg.values())
 
         if not torch.isfinite(total):
-            raise NonFiniteError(
-                f"loss became {total.item()} at step {step}; lower trainer.lr or the guidance scale "
-                f"(the last checkpoint in {self.run_dir / 'checkpoints'} is intact and can be resumed)")
+            raise NonFiniteError(f"the loss became {total.item()} at step {step}; lower trainer.lr or the guidance "
+                                 f"scale ({self._resume_hint()})")
         self.optimizer.zero_grad(set_to_none=True)
         _, times["backward"] = timed(total.backward, sync)
         _, times["optimizer"] = timed(self.optimizer.step, sync)
         self.step = step + 1
+        return {"step": self.step, "stage": self.scene.stage.name, "loss": float(total.detach()),
+                "distill": float(loss_out.loss.detach()), **{k: float(v.detach()) for k, v in reg.items()},
+                **loss_out.logs, **{f"time_{k}": v for k, v in times.items()}}
 
-        record = {"step": self.step, "stage": self.scene.stage, "loss": float(total.detach()), "distill": float(loss_out.loss.detach()),
-                  **{k: float(v.detach()) for k, v in reg.items()}, **loss_out.logs,
-                  **{f"time_{k}": v for k, v in times.items()}}
-        return record
+    def _resume_hint(self) -> str:
+        if self.checkpoint_step is None:
+            return "no checkpoint was written yet"
+        return (f"the checkpoint of step {self.checkpoint_step} in {self.run_dir / 'checkpoints'} is intact and can be "
+                "resumed with --resume")
 
     def _loss_input(self, x, rgb, outs, cams: Cameras) -> LossInput:
         P, B = len(self.particles), len(cams)
         view_idx = cams.view_idx.repeat(P)
-        opacity = torch.cat([o["opacity"] for o in outs])
-        depth = torch.cat([o["depth"] for o in outs])
-        origins, dirs = rays(cams)  # [B,H,W,3]
-        t_surface = depth / opacity.clamp_min(1e-6)  # the renderer's depth is Σ w·t, not normalised
-        points = (origins.repeat(P, 1, 1, 1) + dirs.repeat(P, 1, 1, 1) * t_surface).detach()  # [P*B,H,W,3]
         return LossInput(
             x=x, cond=self.prompts.cond(view_idx), uncond=self.prompts.uncond_batch(P * B), step=self.step,
             total_steps=self.total_steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
-            opacity=opacity, points=points, n_particles=P)
+            opacity=torch.cat([o["opacity"] for o in outs]),
+            points=torch.cat([o["points"] for o in outs]).detach(), n_particles=P,
+            t_bounds=self.scene.stage.t_bounds())
 
     @torch.no_grad()
-    def _source_input(self, cams: Cameras, rng: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The frozen source rendered with the same random draws (shading mode, light, jitter) as this step."""
+    def _source_input(self, cams: Cameras, draws) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen source rendered with the same random draws as this step's render."""
         scene, prompts = self.source
-        after = torch.get_rng_state()
-        torch.set_rng_state(rng)
+        after = self.random.snapshot()
+        self.random.restore(draws)
         rgb = scene.renderers[0](cams, shading="random", train=True)["rgb"]
-        torch.set_rng_state(after)
+        self.random.restore(after)
         P = len(self.particles)
         return self.guidance.encode_images(rgb).repeat(P, 1, 1, 1), prompts.cond(cams.view_idx.repeat(P))
 
@@ -311,27 +287,50 @@ class Trainer:
         return reg
 
     # ---- loop ---------------------------------------------------------------------------------------------------
-    def fit(self) -> None:
+    def fit(self, interrupts: InterruptPolicy | None = None, resume_command: str = "") -> None:
+        """Train to ``total_steps``. With ``interrupts``, SIGINT/SIGTERM end the loop at the next step boundary with a
+        checkpoint of that step and :class:`Interrupted` (its message ends with ``resume_command``)."""
         tc, end = self.cfg.trainer, self.total_steps
-        atomic_write_text(self.run_dir / "config.yaml", to_yaml(self.cfg))  # with any overrides of a resume
-        bar = _progress(end, self.step, enabled=tc.progress)
+        bar = Progress(end, self.step, enabled=tc.progress, log_every=tc.progress_every)
         try:
-            while self.step < end:
-                if self.step >= tc.steps and self.scene.stage == "nerf":
-                    self.save_preview(self.run_dir / "previews" / "coarse.png")
-                    self.enter_fine_stage()
-                record = self.train_step()
-                if self.step % max(tc.log_every, 1) == 0 or self.step == end:
-                    self.metrics.write(record)
-                if tc.preview_every and self.step % tc.preview_every == 0:
-                    self.save_preview(self.run_dir / "previews" / f"step_{self.step:06d}.png")
-                if self.step % tc.checkpoint_every == 0 or self.step == end:
-                    self.save_checkpoint()
-                bar.update(1)
-                bar.set_postfix(loss=f"{record['loss']:.4g}", refresh=False)
+            with interrupts.deferred() if interrupts else nullcontext():
+                while self.step < end:
+                    index = self.scene.stage_index
+                    if self.step >= self.stage_end(index) and index + 1 < len(self.scene.stages):
+                        self.save_preview(self.run_dir / "previews" / f"{self.scene.stage.name}.png")
+                        self.enter_stage(index + 1)
+                    record = self.train_step()
+                    self._after_step(record, end)
+                    bar.update(1, loss=f"{record['loss']:.4g}")
+                    if interrupts is not None and interrupts.pending:
+                        if self.step % tc.checkpoint_every and self.step != end:
+                            self.save_checkpoint()
+                        raise Interrupted(f"interrupted by {signal_name(interrupts.signum)} at step {self.step}/"
+                                          f"{end}; checkpoint saved; continue with: {resume_command}",
+                                          interrupts.signum)
         finally:
             bar.close()
         self.save_preview(self.run_dir / "previews" / "final.png")
+
+    def _after_step(self, record: dict[str, Any], end: int) -> None:
+        tc = self.cfg.trainer
+        if self.step % tc.log_every == 0 or self.step == end:
+            self.metrics.write(record)
+        if tc.preview_every and self.step % tc.preview_every == 0:
+            self.save_preview(self.run_dir / "previews" / f"step_{self.step:06d}.png")
+        if self.step % tc.checkpoint_every == 0 or self.step == end:
+            self.save_checkpoint()
+            self._check_divergence()
+
+    def _check_divergence(self) -> None:
+        """Warn (once) when the parameters blew up without becoming NaN (e.g. far too high a learning rate)."""
+        if self._warned_divergence:
+            return
+        peak = max((float(p.detach().abs().max()) for p in self.scene.parameters() if p.numel()), default=0.0)
+        if peak > DIVERGED:
+            self._warned_divergence = True
+            log.warning("warning: the optimisation diverged: a parameter reached |%.3g| at step %d (normal: < 10); "
+                        "the result will be garbage; lower trainer.lr (now %g)", peak, self.step, self.cfg.trainer.lr)
 
     # ---- previews -----------------------------------------------------------------------------------------------
     @torch.no_grad()
@@ -343,58 +342,49 @@ class Trainer:
     def save_preview(self, path: Path) -> None:
         tc = self.cfg.trainer
         rows = []
-        for p in range(len(self.particles)):
-            shaded = self.render_views(tc.preview_views, tc.preview_resolution, "lambertian", p)
-            albedo = self.render_views(tc.preview_views, tc.preview_resolution, "albedo", p)
-            normal = shaded.get("normal")
-            rows += [shaded["rgb"], albedo["rgb"]]
-            if normal is not None:
-                rows.append(normal * 0.5 + 0.5)
+        with self.random.active():
+            for p in range(len(self.particles)):
+                shaded = self.render_views(tc.preview_views, tc.preview_resolution, "lambertian", p)
+                albedo = self.render_views(tc.preview_views, tc.preview_resolution, "albedo", p)
+                rows += [shaded["rgb"], albedo["rgb"]]
+                if shaded.get("normal") is not None:
+                    rows.append(shaded["normal"] * 0.5 + 0.5)
         save_png(path, image_grid([r.float().cpu() for r in rows]))
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
-    def checkpoint_path(self) -> Path:
-        return self.run_dir / "checkpoints" / "last.pt"
-
     def save_checkpoint(self) -> None:
-        state = {
+        save_checkpoint({
             "step": self.step,
-            "stage": self.scene.stage,
+            "stage": self.scene.stage.name,
             "scene": self.scene.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "loss": self.loss.checkpoint_state(),
-            "rng": {"torch": torch.get_rng_state(), "camera": self.camera_gen.get_state(),
-                    "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-        }
-        atomic_torch_save(state, self.checkpoint_path())
+            "random": self.random.state_dict(),
+            "camera": self.camera_gen.get_state(),
+        }, self.run_dir / "checkpoints")
+        self.checkpoint_step = self.step
 
-    def load_checkpoint(self, path: Path | None = None) -> None:
-        path = Path(path or self.checkpoint_path())
-        if not path.exists():
-            raise DreamgenError(f"no checkpoint to resume from: {path} does not exist")
-        state = torch.load(path, map_location=self.device, weights_only=False)
-        if state.get("stage", "nerf") == "dmtet" and self.scene.stage == "nerf":
-            self.enter_fine_stage(handoff=False)
-        self.scene.load_state_dict(state["scene"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.loss.load_checkpoint_state(state["loss"])
-        rng = state["rng"]
-        torch.set_rng_state(rng["torch"])
-        self.camera_gen.set_state(rng["camera"])
-        np.random.set_state(rng["numpy"])
-        random.setstate(rng["python"])
-        if rng.get("cuda") is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
-        self.step = int(state["step"])
+    def load_checkpoint(self) -> int:
+        """Restore the newest usable checkpoint of the attached run folder; returns its step."""
+        state, path = load_checkpoint(self.run_dir / "checkpoints", self.device)
+        names = [s.name for s in self.scene.stages]
+        if state.get("stage", "nerf") not in names:
+            raise DreamgenError(f"{path} is in stage {state.get('stage')!r}, which this run's stages {names} lack")
+        index = names.index(state.get("stage", "nerf"))
+        if index != self.scene.stage_index:
+            self.enter_stage(index, handoff=False)
+        try:
+            self.scene.load_state_dict(state["scene"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.loss.load_checkpoint_state(state["loss"])
+        except (RuntimeError, KeyError, ValueError) as e:
+            raise DreamgenError(f"{path} does not fit this run's config (was a geometry or loss setting changed?): "
+                                f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
+        self.random.load_state_dict(state["random"])
+        self.camera_gen.set_state(state["camera"])
+        self.step = self.checkpoint_step = int(state["step"])
         self.metrics.truncate_after(self.step)
-
-
-def _progress(total: int, initial: int, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="optimising", unit="step",
-                dynamic_ncols=True, leave=True, smoothing=0.1)
+        return self.step
 
 
 def phase_summary(records: list[dict[str, Any]], skip: int = 1) -> dict[str, float]:

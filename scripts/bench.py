@@ -22,8 +22,9 @@ from pathlib import Path
 
 import torch
 
-from dreamgen.config import load_config
-from dreamgen.train import Trainer, phase_summary
+from dreamgen.config import guidance_flags, load_config
+from dreamgen.session import Session
+from dreamgen.train import phase_summary
 
 
 def main() -> None:
@@ -54,13 +55,9 @@ def main() -> None:
     flags = {"prompt": args.prompt, "device": args.device, "loss.name": args.loss,
              "trainer.steps": args.steps + args.warmup, "trainer.preview_every": 0,
              "trainer.checkpoint_every": 10**9, "trainer.progress": False}
-    if guidance:
-        from dreamgen.cli import _guidance_flags
-
-        flags.update(_guidance_flags(guidance))
+    flags.update(guidance_flags(guidance))
     cfg = load_config(args.config, args.overrides, **flags)
-    trainer = Trainer(cfg, run_dir=tmp / "run")
-    (tmp / "run").mkdir(parents=True, exist_ok=True)
+    trainer = Session.new(cfg, run_dir=tmp / "run").trainer
     if trainer.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     records = []

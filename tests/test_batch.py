@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamgen.testing import SMALL_RUN
 from dreamgen.batch import runner
 from dreamgen.batch.inputs import BatchInputError, read_batch_file
 from dreamgen.batch.manifest import Manifest
@@ -22,7 +23,7 @@ from dreamgen.config import load_config
 from dreamgen.errors import DreamgenError
 
 # Tiny items: a few seconds each on a CPU (no texture bake, no turntable, small previews).
-TINY = ["camera.resolution=[16]", "renderer.num_samples=12", "export.resolution=32", "export.texture=false",
+TINY = [*SMALL_RUN, "renderer.num_samples=12", "export.resolution=32", "export.texture=false",
         "export.turntable_frames=0", "trainer.preview_every=0", "trainer.preview_resolution=16",
         "trainer.preview_views=4", "trainer.progress=false"]
 

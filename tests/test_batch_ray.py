@@ -9,9 +9,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from dreamgen.testing import SMALL_RUN
 from dreamgen.cli import main  # noqa: E402
 
-TINY = ["trainer.steps=2", "camera.resolution=[16]", "renderer.num_samples=12", "export.resolution=32",
+TINY = [*SMALL_RUN, "trainer.steps=2", "renderer.num_samples=12", "export.resolution=32",
         "export.texture=false", "export.turntable_frames=0", "trainer.preview_every=0",
         "trainer.preview_resolution=16", "trainer.preview_views=4", "trainer.progress=false"]
 SAME = ("status", "step", "steps", "run_dir", "mesh", "attempts", "spec", "device")

@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 import trimesh
 
+from dreamgen.testing import SMALL_RUN
 from dreamgen.cli import main
 
-TINY = ["camera.resolution=[16]", "renderer.num_samples=12", "trainer.preview_every=5", "export.resolution=32",
+TINY = [*SMALL_RUN, "renderer.num_samples=12", "trainer.preview_every=5", "export.resolution=32",
         "trainer.checkpoint_every=5", "export.texture_size=64", "export.turntable_frames=4"]
 
 

@@ -1,12 +1,18 @@
-"""Config composition: layers, dotlist overrides, and clear rejection of unknown keys and names."""
+"""Config composition: layers (base, profile, recipe, preset, flags, overrides), the named-section rule, validation
+with one-line errors, provenance for --explain, and the round trip through a run folder's config.yaml."""
 
 from __future__ import annotations
 
 import pytest
+from omegaconf import OmegaConf
 
-from dreamgen.config import compose, load_config, parse_dotlist, to_yaml
-from dreamgen.errors import ConfigError
+from dreamgen import config as config_module
+from dreamgen.config import (Layer, compose_layers, compose_new, explain, load_config, load_run_config,
+                             parse_dotlist, to_yaml)
+from dreamgen.errors import ConfigError, PromptError
 from dreamgen.losses.core import scheduled
+
+SD = {"guidance.name": "stable-diffusion"}
 
 
 def test_defaults_and_overrides_compose():
@@ -39,7 +45,7 @@ def test_unknown_loss_lists_valid_names():
 
 def test_unknown_top_level_key():
     with pytest.raises(ConfigError, match="unknown top-level key 'trainr'"):
-        compose({"trainr": {"steps": 1}})
+        load_config(None, ["trainr.steps=1"])
 
 
 def test_bad_value_type_is_config_error():
@@ -52,12 +58,19 @@ def test_malformed_override():
         parse_dotlist(["trainer.steps"])
 
 
-def test_loss_flag_starts_from_that_loss_defaults(tmp_path):
+def test_naming_the_default_loss_changes_nothing():
+    assert to_yaml(load_config(None, [], **{"loss.name": "sds"})) == to_yaml(load_config())
+    assert load_config(None, [], **{"loss.name": "sds"}).loss.guidance_scale == 20.0  # the prior's sds recipe
+
+
+def test_a_layer_naming_another_loss_contributes_nothing_to_it(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("loss:\n  name: esd\n  lambda_entropy: 0.3\n  guidance_scale: 9.0\n")
     cfg = load_config(f, ["loss.t_min=0.1"], **{"loss.name": "vsd"})
     assert cfg.loss.name == "vsd" and not hasattr(cfg.loss, "lambda_entropy")
     assert cfg.loss.guidance_scale == 7.5 and cfg.loss.t_min == 0.1
+    cfg = load_config(f, [], **{"loss.name": "esd"})  # the same component: the file's settings stay
+    assert cfg.loss.lambda_entropy == 0.3 and cfg.loss.guidance_scale == 9.0
 
 
 def test_schedule_fields_take_numbers_or_schedules():
@@ -67,10 +80,11 @@ def test_schedule_fields_take_numbers_or_schedules():
     assert scheduled(cfg.loss.t_max, 50) == pytest.approx(0.74)
 
 
-def test_yaml_round_trip():
+def test_run_folder_round_trip(tmp_path):
     cfg = load_config(None, ["trainer.steps=42"], prompt="a blue torus")
-    again = compose(__import__("omegaconf").OmegaConf.create(to_yaml(cfg)))
-    assert to_yaml(again) == to_yaml(cfg)
+    (tmp_path / "config.yaml").write_text(to_yaml(cfg))
+    assert to_yaml(load_run_config(tmp_path / "config.yaml")) == to_yaml(cfg)
+    assert load_run_config(tmp_path / "config.yaml", ["trainer.steps=50"]).trainer.steps == 50
 
 
 @pytest.mark.parametrize("value,step,expected", [
@@ -81,14 +95,99 @@ def test_schedule(value, step, expected):
     assert scheduled(value, step) == pytest.approx(expected)
 
 
-def test_file_naming_a_loss_drops_default_yaml_loss_settings(tmp_path):
-    f = tmp_path / "c.yaml"
-    f.write_text("loss:\n  name: vsd\n")
-    cfg = load_config(f, [])
-    assert cfg.loss.name == "vsd" and cfg.loss.guidance_scale == 7.5 and cfg.loss.t_max == [5000, 0.98, 0.5, 5001]
-
-
-@pytest.mark.parametrize("preset", ["dreamfusion-sd", "prolificdreamer", "esd", "lucid-ism"])
-def test_presets_resolve(preset):
+@pytest.mark.parametrize("preset", ["dreamfusion-sd", "prolificdreamer", "esd", "lucid-ism", "magic3d"])
+def test_presets_resolve_from_package_data(preset, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # presets are package data, not files beside the checkout
     cfg = load_config(preset, [])
     assert cfg.guidance.name == "stable-diffusion"
+
+
+def test_missing_preset_or_file_is_an_error_listing_presets():
+    with pytest.raises(ConfigError, match="no config file or preset 'dreamfusion'; presets: dreamfusion-sd"):
+        load_config("dreamfusion", [])
+    with pytest.raises(ConfigError, match="config file not found: /no/such.yaml"):
+        load_config("/no/such.yaml", [])
+
+
+def test_recipes_follow_guidance_and_loss():
+    esd = load_config(None, [], **SD, **{"loss.name": "esd"})
+    assert (esd.loss.guidance_scale, esd.loss.lambda_entropy, esd.trainer.steps) == (7.5, 0.5, 25000)
+    assert list(esd.camera.resolution) == [64, 512] and list(esd.camera.resolution_milestones) == [5000]
+    sds = load_config(None, [], **SD)
+    assert (sds.loss.guidance_scale, sds.trainer.steps, list(sds.camera.resolution)) == (100.0, 10000, [64])
+    assert sds.trainer.lambda_orient == [0, 10.0, 1000.0, 5000] and sds.geometry.grid.n_levels == 16
+    prior = load_config()
+    assert (prior.loss.guidance_scale, list(prior.camera.resolution), prior.geometry.grid.n_levels) == (20.0, [32], 6)
+
+
+def test_auto_resolves_when_composed(monkeypatch):
+    cfg = compose_new()
+    assert cfg.cfg.guidance.name == "shapes" and "no CUDA" in cfg.sources["guidance.name"]
+    monkeypatch.setattr(config_module, "resolve_auto_guidance",
+                        lambda source, device: ("stable-diffusion", f"CUDA available and {source} found"))
+    cfg = compose_new(None, ["guidance.pretrained=/some/sd"])
+    assert cfg.cfg.guidance.name == "stable-diffusion" and cfg.cfg.guidance.pretrained == "/some/sd"
+    assert cfg.cfg.trainer.steps == 10000  # the stable-diffusion profile and sds recipe were chosen
+
+
+def test_explain_names_the_layer_of_each_value(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("trainer:\n  checkpoint_every: 7\n")
+    text = explain(compose_new(f, ["seed=4"], **{"trainer.steps": 9}))
+    sources, path = {}, []
+    for ln in text.splitlines():  # rebuild dotted keys from the indentation
+        depth = (len(ln) - len(ln.lstrip())) // 2
+        key = ln.strip().split(":")[0]
+        path = path[:depth] + [key]
+        if "#" in ln:
+            sources[".".join(path)] = ln.split("#")[-1].strip()
+    assert sources["seed"] == "override" and sources["trainer.steps"] == "flag"
+    assert sources["trainer.checkpoint_every"] == f"config {f}" and sources["fine.steps"] == "default"
+    assert sources["loss.guidance_scale"] == "recipe prior/sds" and sources["geometry.grid.n_levels"] == "profile prior"
+    assert sources["trainer.lr"] == "default" and sources["guidance.name"].startswith("auto: no CUDA")
+
+
+@pytest.mark.parametrize("override,expected", [
+    ("trainer.steps=0", "trainer.steps=0: must be ≥ 1"),
+    ("trainer.steps=-5", "trainer.steps=-5: must be ≥ 1"),
+    ("trainer.checkpoint_every=0", "trainer.checkpoint_every=0: must be ≥ 1"),
+    ("renderer.num_samples=0", "renderer.num_samples=0: must be ≥ 1"),
+    ("camera.batch_size=0", "camera.batch_size=0: must be ≥ 1"),
+    ("camera.resolution=[0]", "camera.resolution=[0]: must be > 0 (each element)"),
+    ("camera.resolution=[32,64]", "camera.resolution has 2 entries and camera.resolution_milestones 0"),
+    ("renderer.albedo_only_prob=1.5", "renderer.albedo_only_prob=1.5: must be in [0, 1]"),
+    ("loss.t_min=0.9", "t_min must stay below t_max"),
+    ("loss.t_max=[0,0.98,0.01,100]", "t_min must stay below t_max (at step 100"),
+    ("device=tpu", "device='tpu': must be auto, cpu, cuda or cuda:N"),
+    ("geometry.name=dmtet", "geometry.name=dmtet: the coarse stage renders a density field"),
+    ("background.kind=sky", "background.kind='sky': must be one of solid, mlp"),
+    ("trainer.lambda_orient=[0,1,-1,10]", "trainer.lambda_orient=[0, 1, -1, 10]: must be ≥ 0"),
+    ("prompt=${oc.env:DREAMGEN_SURELY_UNSET}", "cannot compose the config:"),
+    ("prompt=${nope:x}", "Unsupported interpolation type nope"),
+])
+def test_numbers_are_validated_with_one_line(override, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config(None, [override])
+    assert expected in str(e.value) and "\n" not in str(e.value)
+
+
+def test_resolution_must_fit_the_latent_stride():
+    with pytest.raises(ConfigError, match="resolutions must be multiples of 8"):
+        load_config(None, ["camera.resolution=[60]"], **SD)
+    assert load_config(None, ["camera.resolution=[60]"]).camera.resolution == [60]  # a pixel-space prior
+
+
+def test_prompts_are_checked_when_composed():
+    with pytest.raises(PromptError, match="unknown word 'corgi' for the embedded prior"):
+        load_config(None, [], prompt="a corgi")
+    with pytest.raises(ConfigError, match="the prompt is 1000001 characters long; at most 1000"):
+        load_config(None, [], prompt="a" * 1_000_001, **SD)
+    assert load_config(None, [], prompt="a corgi", **SD).prompt == "a corgi"
+
+
+def test_layers_compose_in_order():
+    layers = [Layer("one", OmegaConf.create({"seed": 1, "trainer": {"steps": 5}})),
+              Layer("two", OmegaConf.create({"seed": 2}))]
+    composed = compose_layers(layers)
+    assert composed.cfg.seed == 2 and composed.cfg.trainer.steps == 5
+    assert composed.sources["seed"] == "two" and composed.sources["trainer.steps"] == "one"

@@ -9,7 +9,7 @@ import pytest
 import torch
 import trimesh
 
-from dreamgen import registry
+from dreamgen import registry, schema
 from dreamgen.cameras import CameraConfig, make_cameras
 from dreamgen.errors import ConfigError
 from dreamgen.export.mesh import ExportConfig, extract_mesh
@@ -123,8 +123,8 @@ def test_deformation_bound_keeps_every_tet_positive():
     with torch.no_grad():
         geo.deform.copy_(torch.sign(torch.randn_like(geo.deform)) * 50.0)  # tanh saturated: every offset maximal
     assert (tet_volumes(geo.vertex_positions(), geo.tets) > 0).all()
-    with pytest.raises(ConfigError, match="deformation_scale"):
-        DMTetConfig(deformation_scale=0.2)
+    with pytest.raises(ConfigError, match=r"geometry.deformation_scale=0.2: must be in \[0, 0.166667\)"):
+        schema.check(DMTetConfig(deformation_scale=0.2), "geometry")
 
 
 def test_mesh_export_and_registration():

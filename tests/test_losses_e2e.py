@@ -5,11 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+from dreamgen.testing import SMALL_RUN
 from dreamgen import registry
 from dreamgen.config import load_config
 from dreamgen.train import Trainer
 
-TINY = ["camera.resolution=[16]", "renderer.num_samples=8", "trainer.preview_every=0", "trainer.progress=false",
+TINY = [*SMALL_RUN, "renderer.num_samples=8", "trainer.preview_every=0", "trainer.progress=false",
         "trainer.checkpoint_every=3", "trainer.steps=3"]
 # Per-loss settings that keep the run tiny or give the loss what it needs.
 EXTRA = {

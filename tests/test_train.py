@@ -1,17 +1,20 @@
-"""Trainer: a few real optimisation steps on the tiny SD pipeline, exact resume, determinism, NaN handling."""
+"""Trainer and session: real optimisation steps on the tiny SD pipeline, exact resume, determinism, stages,
+safe checkpoints and their fallback, NaN and divergence handling."""
 
 from __future__ import annotations
 
 import json
+import logging
 
 import pytest
 import torch
 
+from dreamgen.testing import SMALL_RUN
 from dreamgen.config import load_config
-from dreamgen.errors import NonFiniteError
-from dreamgen.train import Trainer, load_scene
+from dreamgen.errors import CheckpointError, DreamgenError, NonFiniteError
+from dreamgen.session import Session, load_scene
 
-TINY = ["camera.resolution=[16]", "renderer.num_samples=12", "trainer.preview_every=0", "trainer.progress=false",
+TINY = [*SMALL_RUN, "renderer.num_samples=12", "trainer.preview_every=0", "trainer.progress=false",
         "export.resolution=32"]
 
 
@@ -21,12 +24,16 @@ def _cfg(tiny_sd_path, steps, extra=()):
                           "trainer.steps": steps, "trainer.checkpoint_every": 3})
 
 
+def _trainer(cfg, run_dir, guidance=None):
+    return Session.new(cfg, guidance=guidance, run_dir=run_dir).trainer
+
+
 def _params(trainer):
     return torch.cat([p.detach().flatten() for p in trainer.scene.parameters()])
 
 
 def test_steps_change_parameters_and_log_phases(tiny_sd_path, tmp_path):
-    tr = Trainer(_cfg(tiny_sd_path, 3), run_dir=tmp_path)
+    tr = _trainer(_cfg(tiny_sd_path, 3), tmp_path)
     before = _params(tr).clone()
     tr.fit()
     assert not torch.equal(before, _params(tr))
@@ -34,24 +41,25 @@ def test_steps_change_parameters_and_log_phases(tiny_sd_path, tmp_path):
     assert [r["step"] for r in recs] == [1, 2, 3]
     assert all(r["time_render"] > 0 and r["time_backward"] > 0 for r in recs)
     assert (tmp_path / "checkpoints" / "last.pt").exists() and (tmp_path / "previews" / "final.png").exists()
+    assert (tmp_path / "config.yaml").exists()
 
 
 def test_seed_makes_cpu_run_deterministic(tiny_sd_path, tmp_path):
-    a = Trainer(_cfg(tiny_sd_path, 2), run_dir=tmp_path / "a")
+    a = _trainer(_cfg(tiny_sd_path, 2), tmp_path / "a")
     a.fit()
-    b = Trainer(_cfg(tiny_sd_path, 2), run_dir=tmp_path / "b")
+    torch.manual_seed(12345)  # the process's own random state must not matter
+    b = _trainer(_cfg(tiny_sd_path, 2), tmp_path / "b")
     b.fit()
     assert torch.equal(_params(a), _params(b))
 
 
 def test_resume_continues_exactly(tiny_sd_path, tmp_path):
-    straight = Trainer(_cfg(tiny_sd_path, 6), run_dir=tmp_path / "straight")
+    straight = _trainer(_cfg(tiny_sd_path, 6), tmp_path / "straight")
     straight.fit()
 
-    first = Trainer(_cfg(tiny_sd_path, 3), run_dir=tmp_path / "split")
+    first = _trainer(_cfg(tiny_sd_path, 3), tmp_path / "split")
     first.fit()
-    resumed = Trainer(_cfg(tiny_sd_path, 6), run_dir=tmp_path / "split")
-    resumed.load_checkpoint()
+    resumed = Session.resume(tmp_path / "split", steps=6).trainer
     assert resumed.step == 3
     resumed.fit()
     assert torch.equal(_params(straight), _params(resumed))
@@ -62,16 +70,64 @@ def test_resume_continues_exactly(tiny_sd_path, tmp_path):
     assert step == 6 and torch.equal(torch.cat([p.flatten() for p in scene.parameters()]), _params(resumed))
 
 
+def test_checkpoints_load_without_code_and_fall_back_to_prev(tiny_sd_path, tmp_path, caplog):
+    tr = _trainer(_cfg(tiny_sd_path, 6), tmp_path)
+    tr.fit()  # checkpoints at steps 3 and 6: prev.pt holds step 3
+    ckpts = tmp_path / "checkpoints"
+    assert torch.load(ckpts / "prev.pt", weights_only=True)["step"] == 3
+    assert torch.load(ckpts / "last.pt", weights_only=True)["step"] == 6
+    (ckpts / "last.pt").write_bytes((ckpts / "last.pt").read_bytes()[:1000])  # truncated, as by a full disk
+    with caplog.at_level(logging.WARNING, logger="dreamgen"):
+        cfg, scene, step = load_scene(tmp_path)
+    assert step == 3 and "last.pt is unreadable" in caplog.text and "prev.pt" in caplog.text
+    (ckpts / "prev.pt").write_bytes(b"garbage")
+    with pytest.raises(CheckpointError, match="no usable checkpoint .*last.pt is unreadable.*prev.pt is unreadable"):
+        load_scene(tmp_path)
+
+
+def test_a_torn_metrics_line_does_not_stop_a_resume(tiny_sd_path, tmp_path):
+    _trainer(_cfg(tiny_sd_path, 3), tmp_path).fit()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 4, "loss": 0.')  # a kill during the append of step 4's line
+    resumed = Session.resume(tmp_path, steps=4).trainer
+    resumed.fit()
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("override,key", [("seed=4", "seed"), ("loss.name=vsd", "loss.name"),
+                                          ("geometry.grid.n_levels=4", "geometry.grid.n_levels")])
+def test_resume_refuses_what_the_checkpoint_depends_on(tiny_sd_path, tmp_path, override, key):
+    _trainer(_cfg(tiny_sd_path, 3), tmp_path).fit()
+    with pytest.raises(DreamgenError, match=f"{key} cannot change when resuming"):
+        Session.resume(tmp_path, [override])
+
+
 def test_nan_raises_clear_error_and_keeps_checkpoint(tiny_sd_path, tmp_path, monkeypatch):
-    tr = Trainer(_cfg(tiny_sd_path, 4), run_dir=tmp_path)
-    tr.fit()  # writes a checkpoint at step 3 and 4
+    tr = _trainer(_cfg(tiny_sd_path, 4), tmp_path)
+    tr.fit()  # writes checkpoints at step 3 and 4
     ckpt = (tmp_path / "checkpoints" / "last.pt").read_bytes()
     tr.cfg.trainer.steps = 6
     encode = tr.guidance.encode_images
     monkeypatch.setattr(tr.guidance, "encode_images", lambda rgb: encode(rgb) * float("nan"))
-    with pytest.raises(NonFiniteError, match="step 4"):
+    with pytest.raises(NonFiniteError, match="step 4.*checkpoint of step 4 .* can be resumed"):
         tr.fit()
     assert (tmp_path / "checkpoints" / "last.pt").read_bytes() == ckpt
+
+
+def test_nan_at_the_first_step_says_no_checkpoint_exists(tiny_sd_path, tmp_path, monkeypatch):
+    tr = _trainer(_cfg(tiny_sd_path, 2), tmp_path)
+    encode = tr.guidance.encode_images
+    monkeypatch.setattr(tr.guidance, "encode_images", lambda rgb: encode(rgb) * float("nan"))
+    with pytest.raises(NonFiniteError, match="step 0.*no checkpoint was written yet"):
+        tr.fit()
+
+
+def test_divergence_is_reported(tiny_sd_path, tmp_path, caplog):
+    tr = _trainer(_cfg(tiny_sd_path, 3, ["trainer.lr=1e6"]), tmp_path)
+    with caplog.at_level(logging.WARNING, logger="dreamgen"):
+        tr.fit()
+    assert "diverged" in caplog.text and "lower trainer.lr" in caplog.text
 
 
 def test_two_stage_run_hands_off_resumes_in_fine_stage_and_exports(tiny_sd_path, tmp_path):
@@ -79,23 +135,27 @@ def test_two_stage_run_hands_off_resumes_in_fine_stage_and_exports(tiny_sd_path,
 
     fine = ["stages=[nerf,dmtet]", "fine.steps=2", "fine.resolution=16", "fine.geometry.grid_resolution=8",
             "export.texture_size=64", "export.turntable_frames=0"]
-    tr = Trainer(_cfg(tiny_sd_path, 3, fine), run_dir=tmp_path)
+    tr = _trainer(_cfg(tiny_sd_path, 3, fine), tmp_path)
+    seen = []
+    sample_t = tr.loss.core.sample_t
+    tr.loss.core.sample_t = lambda n, step, total=1: seen.append(tr.loss.core.t_range(step)) or sample_t(n, step, total)
     tr.fit()
-    assert tr.scene.stage == "dmtet" and tr.step == 5
-    assert (tmp_path / "previews" / "coarse.png").exists()
+    assert tr.scene.stage.name == "dmtet" and tr.step == 5
+    assert (tmp_path / "previews" / "nerf.png").exists()
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in recs] == ["nerf"] * 3 + ["dmtet"] * 2
-    assert tr.loss.cfg.t_max == 0.5 and tr.cfg.loss.t_max != 0.5  # the fine noise range, on the loss's own copy
+    # The fine stage's noise range reached the loss through its input; the loss's config is untouched.
+    assert [hi for _, hi in seen[3:]] == [500, 500] and seen[0][1] > 500
+    assert tr.loss.cfg is tr.cfg.loss and tr.cfg.loss.t_max != 0.5
 
-    resumed = Trainer(_cfg(tiny_sd_path, 3, [*fine, "fine.steps=3"]), run_dir=tmp_path)
-    resumed.load_checkpoint()
-    assert resumed.scene.stage == "dmtet" and resumed.step == 5
+    resumed = Session.resume(tmp_path, ["fine.steps=3"]).trainer
+    assert resumed.scene.stage.name == "dmtet" and resumed.step == 5
     assert torch.equal(_params(resumed), _params(tr))
     resumed.fit()
     assert resumed.step == 6
 
     cfg, scene, step = load_scene(tmp_path)
-    assert scene.stage == "dmtet" and step == 6
+    assert scene.stage.name == "dmtet" and step == 6
     paths = export_mesh(scene.particles[0], cfg.export, tmp_path)
     import trimesh
 
@@ -109,8 +169,8 @@ def test_prebuilt_guidance_gives_the_same_run(tmp_path):
     def cfg():
         return load_config(None, [*TINY, "trainer.steps=2"], prompt="a red cube", seed=3, **{"guidance.name": "shapes"})
 
-    own = Trainer(cfg(), run_dir=tmp_path / "own")
+    own = _trainer(cfg(), tmp_path / "own")
     own.fit()
-    shared = Trainer(cfg(), run_dir=tmp_path / "shared", guidance=own.guidance)
+    shared = _trainer(cfg(), tmp_path / "shared", guidance=own.guidance)
     shared.fit()
     assert torch.equal(_params(own), _params(shared))

@@ -15,6 +15,7 @@ log = logging.getLogger("dreamgen")
 
 
 def batch(
+    ctx: typer.Context,
     file: Path = typer.Argument(..., help="Prompt file: .txt (one prompt a line), .jsonl or .yaml (items with "
                                           "prompt, name, loss, seed, steps, config, overrides)."),
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides for every item (an item's own "
@@ -22,8 +23,13 @@ def batch(
     out: Optional[Path] = typer.Option(None, "--out", help="Batch folder: manifest.json, summary.md, "
                                                            "contact_sheet.png and one run folder per item "
                                                            "(default outputs/<file stem>)."),
-    config: Optional[Path] = typer.Option(None, "--config", help="Config file or preset for items without their "
-                                                                 "own 'config'."),
+    config: Optional[str] = typer.Option(None, "--config", help="Config file or preset for items without their "
+                                                                "own 'config'."),
+    loss: Optional[str] = typer.Option(None, "--loss", help="Distillation loss of items without their own 'loss'."),
+    guidance: Optional[str] = typer.Option(None, "--guidance", help="auto | shapes | stable-diffusion | a pipeline "
+                                                                    "folder or hub id, for every item."),
+    steps: Optional[int] = typer.Option(None, "--steps", min=1, help="trainer.steps of items without their own."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed of items without their own."),
     check: bool = typer.Option(False, "--check", help="Validate the file and every item's config, show what a run "
                                                       "would do, run nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed items again, from scratch."),
@@ -42,13 +48,15 @@ def batch(
     JSON/YAML, empty prompt, duplicate name, unknown field) stop the batch before anything runs, all listed with
     their line numbers. A problem of one item's configuration (unknown loss, misspelt override key) fails only
     that item, recorded in the manifest, so one typo does not hold up the rest; --check reports those too, up front.
-    Exits non-zero if any item failed.
+    Exits non-zero if any item failed. --loss, --guidance, --config, --steps and --seed mean what they mean for
+    `dreamgen run`; an item's own fields win over them.
     """
     from dreamgen.batch.executors import run_local, run_ray
     from dreamgen.batch.inputs import BatchInputError, read_batch_file
     from dreamgen.batch.manifest import Manifest
     from dreamgen.batch.report import write_contact_sheet, write_summary
     from dreamgen.batch.runner import make_job, plan
+    from dreamgen.config import job_flags
 
     t0 = time.perf_counter()
     overrides = list(overrides or [])
@@ -64,10 +72,12 @@ def batch(
             typer.echo(p, err=True)
         raise
     out_dir = Path(out) if out is not None else Path("outputs") / file.stem
-    cfg_file = str(config) if config is not None else None
+    cfg_file = config
+    flags = job_flags(loss, guidance, steps, seed)
+    resume_command = _command_line()
 
     if check:
-        _check(file, items, out_dir, cfg_file, overrides, retry_failed)
+        _check(file, items, out_dir, cfg_file, overrides, flags, retry_failed)
         return
 
     manifest = Manifest.open(out_dir, items, str(file.resolve()), overrides)
@@ -77,13 +87,15 @@ def batch(
     log.info("batch %s: %d item(s): %d to run (%d to resume), %d done, %d failed%s", out_dir, len(items), len(todo),
              sum(a == "resume" for _, a in todo), sum(a == "skip-done" for _, a in actions), skipped_failed,
              " (not retried: --retry-failed)" if skipped_failed else "")
-    jobs = [make_job(it, out_dir, cfg_file, overrides, resume=a == "resume",
-                     device=f"cuda:{device_list[k % len(device_list)]}" if device_list else None)
+    jobs = [make_job(it, out_dir, cfg_file, overrides, flags, resume=a == "resume",
+                     device=f"cuda:{device_list[k % len(device_list)]}" if device_list else None,
+                     resume_command=resume_command)
             for k, (it, a) in enumerate(todo)]
     if jobs and executor == "local":
-        run_local(manifest, jobs, devices=[f"cuda:{d}" for d in device_list] if device_list else None)
+        run_local(manifest, jobs, devices=[f"cuda:{d}" for d in device_list] if device_list else None,
+                  interrupts=ctx.obj)
     elif jobs:
-        run_ray(manifest, jobs, ray_address, num_gpus)
+        run_ray(manifest, jobs, ray_address, num_gpus, interrupts=ctx.obj)
 
     names = [it.name for it in items]
     summary = write_summary(manifest, names)
@@ -111,7 +123,15 @@ def _devices(devices: Optional[str]) -> list[int]:
     return ids
 
 
-def _check(file: Path, items, out_dir: Path, cfg_file: Optional[str], overrides: list[str],
+def _command_line() -> str:
+    """This invocation as a shell command (what resumes a batch after an interrupt)."""
+    import shlex
+    import sys
+
+    return shlex.join(["dreamgen", *sys.argv[1:]])
+
+
+def _check(file: Path, items, out_dir: Path, cfg_file: Optional[str], overrides: list[str], flags: dict,
            retry_failed: bool) -> None:
     """--check: every item's config is composed (not run); prints what a run would do with each item."""
     from dreamgen.batch.manifest import Manifest
@@ -120,7 +140,7 @@ def _check(file: Path, items, out_dir: Path, cfg_file: Optional[str], overrides:
 
     problems = []
     for it in items:
-        job = make_job(it, out_dir, cfg_file, overrides)
+        job = make_job(it, out_dir, cfg_file, overrides, flags)
         try:
             load_config(job.config, job.overrides, **job.flags)
         except DreamgenError as e:

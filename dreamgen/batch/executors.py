@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import logging
 import shutil
+import signal
 from collections import deque
 from typing import Any
 
 import torch
 
 from dreamgen.batch.manifest import Manifest, now
-from dreamgen.batch.runner import ItemInterrupted, ItemJob, SignalGuard, run_item
-from dreamgen.errors import DreamgenError
+from dreamgen.batch.runner import ItemInterrupted, ItemJob, run_item
+from dreamgen.errors import DreamgenError, Interrupted
+from dreamgen.interrupts import InterruptPolicy, signal_name
+from dreamgen.progress import Progress
 
 log = logging.getLogger("dreamgen")
 
 
-def _interrupted(name: str, step: int) -> DreamgenError:
-    return DreamgenError(f"interrupted during '{name}' at step {step}; run the same command again to resume")
+def _interrupted(job: ItemJob, step: int, signum: int) -> Interrupted:
+    return Interrupted(f"interrupted by {signal_name(signum)} during '{job.name}' at step {step}; checkpoint saved; "
+                       f"continue with: {job.resume_command}", signum)
 
 
 def _start(manifest: Manifest, job: ItemJob) -> None:
@@ -53,34 +57,28 @@ def _finish(manifest: Manifest, job: ItemJob, result: dict[str, Any]) -> None:
         log.info("%s: failed: %s", job.name, rec.error)
 
 
-def _items_bar(total: int) -> Any:
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, desc="batch", unit="item", dynamic_ncols=True, leave=True, position=0)
-
-
-def run_local(manifest: Manifest, jobs: list[ItemJob], devices: list[str] | None = None) -> None:
-    """Run ``jobs`` in order in this process. SIGINT/SIGTERM checkpoint the current item, mark it interrupted and
-    raise DreamgenError."""
-    bar = _items_bar(len(jobs))
+def run_local(manifest: Manifest, jobs: list[ItemJob], devices: list[str] | None = None,
+              interrupts: InterruptPolicy | None = None) -> None:
+    """Run ``jobs`` in order in this process. SIGINT/SIGTERM stop the current item at a step boundary with a
+    checkpoint, mark it interrupted and raise :class:`Interrupted`."""
+    bar = Progress(len(jobs), desc="batch", unit="item", log_every=1)
     try:
-        with SignalGuard() as guard:
-            for job in jobs:
-                _start(manifest, job)
-                try:
-                    result = run_item(job, guard, cache_size=len(devices) if devices else 1)
-                except ItemInterrupted as e:
-                    rec = manifest.records[job.name]
-                    manifest.update(job.name, status="interrupted", step=e.step,
-                                    seconds=round(rec.seconds + e.seconds, 3))
-                    raise _interrupted(job.name, e.step) from None
-                _finish(manifest, job, result)
-                if result["status"] == "failed" and torch.cuda.is_available():
-                    torch.cuda.empty_cache()  # an out-of-memory item must not starve the next one
-                bar.update(1)
-                guard.check()  # a signal during the item's last step stops the batch here
-    except KeyboardInterrupt:
-        raise DreamgenError("interrupted between items; run the same command again to continue") from None
+        for job in jobs:
+            _start(manifest, job)
+            try:
+                result = run_item(job, interrupts, cache_size=len(devices) if devices else 1)
+            except ItemInterrupted as e:
+                rec = manifest.records[job.name]
+                manifest.update(job.name, status="interrupted", step=e.step, seconds=round(rec.seconds + e.seconds, 3))
+                signum = e.cause.signum if e.cause is not None else signal.SIGINT
+                raise _interrupted(job, e.step, signum) from None
+            _finish(manifest, job, result)
+            if result["status"] == "failed" and torch.cuda.is_available():
+                torch.cuda.empty_cache()  # an out-of-memory item must not starve the next one
+            bar.update(1)
+            if interrupts is not None and interrupts.pending:  # a signal after the item's last step
+                raise Interrupted(f"interrupted by {signal_name(interrupts.signum)} between items; continue with: "
+                                  f"{job.resume_command}", interrupts.signum)
     finally:
         bar.close()
 
@@ -89,12 +87,14 @@ class ItemWorker:
     """A Ray actor: one process on one device slot, running items one at a time with its own guidance cache."""
 
     def run(self, job: ItemJob) -> dict[str, Any]:
-        return run_item(job, guard=None, cache_size=1)
+        return run_item(job, interrupts=None, cache_size=1)
 
 
-def run_ray(manifest: Manifest, jobs: list[ItemJob], address: str | None, num_gpus: float | None) -> None:
+def run_ray(manifest: Manifest, jobs: list[ItemJob], address: str | None, num_gpus: float | None,
+            interrupts: InterruptPolicy | None = None) -> None:
     """Run ``jobs`` on Ray: joins ``address`` (e.g. ``auto``) or starts a local instance (unless one is already
-    initialised in this process, which is then used and left running)."""
+    initialised in this process, which is then used and left running). A signal cancels the running items (they
+    keep their last periodic checkpoint) and raises :class:`Interrupted`."""
     try:
         import ray
     except ImportError:
@@ -104,49 +104,50 @@ def run_ray(manifest: Manifest, jobs: list[ItemJob], address: str | None, num_gp
     if started_here:
         ray.init(address=address, include_dashboard=False, logging_level="WARNING")
     pending: dict[Any, ItemJob] = {}
-    bar = _items_bar(len(jobs))
+    bar = Progress(len(jobs), desc="batch", unit="item", log_every=1)
     try:
-        with SignalGuard():
-            resources = ray.cluster_resources()
-            if num_gpus is None:
-                num_gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
-            slots = resources.get("GPU", 0) / num_gpus if num_gpus > 0 else resources.get("CPU", 1)
-            if slots < 1:
-                raise DreamgenError(f"the Ray cluster has {resources.get('GPU', 0):g} GPUs: not enough for "
-                                    f"--num-gpus {num_gpus:g} per item")
-            n_workers = max(1, min(len(jobs), int(slots)))
-            worker_cls = ray.remote(num_cpus=1, num_gpus=num_gpus)(ItemWorker)
-            log.info("ray: %d worker(s), %g GPU each, for %d item(s)", n_workers, num_gpus, len(jobs))
-            idle = [worker_cls.remote() for _ in range(n_workers)]
-            actor_of: dict[Any, Any] = {}
-            queue = deque(jobs)
-            for job in jobs:  # no per-item step bars: many workers' bars would interleave in the driver's log
-                job.progress = False
-            while queue or pending:
-                while queue and idle:
-                    job, actor = queue.popleft(), idle.pop()
-                    _start(manifest, job)
-                    ref = actor.run.remote(job)
-                    pending[ref], actor_of[ref] = job, actor
-                (ref,), _ = ray.wait(list(pending), num_returns=1)
-                job, actor = pending.pop(ref), actor_of.pop(ref)
-                try:
-                    result = ray.get(ref)
-                    idle.append(actor)
-                except ray.exceptions.RayError as e:  # run_item returns item failures, so this is the worker's
-                    died = isinstance(e, ray.exceptions.RayActorError)  # e.g. killed for memory: replace it
-                    result = {"status": "failed", "seconds": 0.0, "finished": now(),
-                              "error": f"{'worker died' if died else 'worker error'}: "
-                                       f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}"}
-                    idle.append(worker_cls.remote() if died else actor)
-                _finish(manifest, job, result)
-                bar.update(1)
+        # The driver waits in ray.wait: a signal raises KeyboardInterrupt there (nothing to defer).
+        resources = ray.cluster_resources()
+        if num_gpus is None:
+            num_gpus = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
+        slots = resources.get("GPU", 0) / num_gpus if num_gpus > 0 else resources.get("CPU", 1)
+        if slots < 1:
+            raise DreamgenError(f"the Ray cluster has {resources.get('GPU', 0):g} GPUs: not enough for "
+                                f"--num-gpus {num_gpus:g} per item")
+        n_workers = max(1, min(len(jobs), int(slots)))
+        worker_cls = ray.remote(num_cpus=1, num_gpus=num_gpus)(ItemWorker)
+        log.info("ray: %d worker(s), %g GPU each, for %d item(s)", n_workers, num_gpus, len(jobs))
+        idle = [worker_cls.remote() for _ in range(n_workers)]
+        actor_of: dict[Any, Any] = {}
+        queue = deque(jobs)
+        for job in jobs:  # no per-item step bars: many workers' bars would interleave in the driver's log
+            job.progress = False
+        while queue or pending:
+            while queue and idle:
+                job, actor = queue.popleft(), idle.pop()
+                _start(manifest, job)
+                ref = actor.run.remote(job)
+                pending[ref], actor_of[ref] = job, actor
+            (ref,), _ = ray.wait(list(pending), num_returns=1)
+            job, actor = pending.pop(ref), actor_of.pop(ref)
+            try:
+                result = ray.get(ref)
+                idle.append(actor)
+            except ray.exceptions.RayError as e:  # run_item returns item failures, so this is the worker's
+                died = isinstance(e, ray.exceptions.RayActorError)  # e.g. killed for memory: replace it
+                result = {"status": "failed", "seconds": 0.0, "finished": now(),
+                          "error": f"{'worker died' if died else 'worker error'}: "
+                                   f"{(str(e).strip().splitlines() or [type(e).__name__])[0]}"}
+                idle.append(worker_cls.remote() if died else actor)
+            _finish(manifest, job, result)
+            bar.update(1)
     except KeyboardInterrupt:
         for ref, job in pending.items():
             ray.cancel(ref)
             manifest.update(job.name, status="interrupted")
-        raise DreamgenError("interrupted; the running items keep their last checkpoints; "
-                            "run the same command again to resume") from None
+        signum = interrupts.signum if interrupts is not None and interrupts.signum else signal.SIGINT
+        raise Interrupted(f"interrupted by {signal_name(signum)}; the running items keep their last checkpoints; "
+                          f"continue with: {jobs[0].resume_command}", signum) from None
     finally:
         bar.close()
         if started_here:

@@ -13,9 +13,10 @@ sigmoid), so :meth:`DMTetGeometry.from_nerf` can copy the coarse stage's weights
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from dreamgen.geometry.hashgrid import HashGridConfig, field_mlp, make_hash_grid
 from dreamgen.geometry.isosurface import THRESHOLD_RULES, auto_threshold, density_grid
 from dreamgen.geometry.tets import TET_EDGES, kuhn_grid, to_bbox, unique_edges
 from dreamgen.registry import register
+from dreamgen.schema import bounded
 
 log = logging.getLogger("dreamgen")
 
@@ -35,38 +37,31 @@ TEXTURE_INITS = ("auto", "copy", "distill")
 @dataclass
 class DMTetConfig:
     name: str = "dmtet"
-    radius: float = 1.0  # scene bound: the texture field's box, and the tet box until a hand-off sets a tight one
+    radius: float = bounded(1.0, gt=0.0)  # scene bound: the texture field's box, and the tet box until a hand-off
     # Cubes per axis of the tet grid (6·res³ tetrahedra). 32 ≈ one cell per 1–2 pixels of a 64-px render once the
     # hand-off has fitted the box to the object; raise it with the render resolution (64–128 on a GPU).
-    grid_resolution: int = 32
-    deformation_scale: float = 0.15  # max per-axis vertex offset in cells; < 1/6 keeps every tet positive
-    init_radius: float = 0.5  # the SDF of a sphere of this radius when not handed off from a NeRF
-    grid: HashGridConfig = field(default_factory=HashGridConfig)  # texture field, as the NeRF's
-    mlp_width: int = 64
-    mlp_layers: int = 1
+    grid_resolution: int = bounded(32, ge=2)
+    # Max per-axis vertex offset in cells; < 1/6 keeps every tetrahedron positively oriented.
+    deformation_scale: float = bounded(0.15, ge=0.0, lt=1.0 / 6.0)
+    init_radius: float = bounded(0.5, gt=0.0)  # the SDF of a sphere of this radius when not handed off from a NeRF
+    # The texture field (hash grid → MLP → sigmoid, as the NeRF's albedo head). None: in a run, the coarse NeRF's
+    # (so the hand-off copies its albedo weights); standalone, the defaults (HashGridConfig(), 64, 1).
+    grid: HashGridConfig | None = None
+    mlp_width: int | None = bounded(None, ge=1, nullable=True)
+    mlp_layers: int | None = bounded(None, ge=0, nullable=True)
     # Hand-off from the coarse NeRF (from_nerf):
-    sdf_threshold: float | None = None  # density iso-level; None = automatic by threshold_rule (as mesh export)
-    threshold_rule: str = "mean_occupied"
-    handoff_resolution: int = 64  # density lattice over [-radius, radius]^3 for the threshold and the bbox
-    bbox_margin: float = 0.1  # fraction of the surface's extent added on each side (plus 2 lattice cells)
-    texture_init: str = "auto"  # auto: copy the NeRF's albedo net when the architectures match, else distill
+    # density iso-level; None = automatic by threshold_rule (as mesh export)
+    sdf_threshold: float | None = bounded(None, gt=0.0, nullable=True)
+    threshold_rule: str = bounded("mean_occupied", choices=THRESHOLD_RULES)
+    handoff_resolution: int = bounded(64, ge=8)  # density lattice over [-radius, radius]^3 for threshold and bbox
+    bbox_margin: float = bounded(0.1, ge=0.0)  # fraction of the surface's extent added per side (+ 2 lattice cells)
+    # auto: copy the NeRF's albedo net when the architectures match, else distill
+    texture_init: str = bounded("auto", choices=TEXTURE_INITS)
     # Distillation (texture_init=distill, or auto with mismatched architectures): ~3.5 s on one CPU thread with the
     # default grid; mean albedo error near the surface ~0.015 (a copy is exact and takes no time).
-    distill_steps: int = 200
-    distill_lr: float = 0.03  # hash tables; the MLP gets a tenth
-    distill_points: int = 2048  # per step
-
-    def __post_init__(self) -> None:
-        if self.grid_resolution < 2:
-            raise ConfigError(f"geometry.grid_resolution={self.grid_resolution}: must be at least 2")
-        if not 0.0 <= self.deformation_scale < 1.0 / 6.0:
-            raise ConfigError(f"geometry.deformation_scale={self.deformation_scale}: must lie in [0, 1/6) "
-                              "(larger offsets can invert tetrahedra)")
-        if self.texture_init not in TEXTURE_INITS:
-            raise ConfigError(f"geometry.texture_init={self.texture_init!r}: must be one of {', '.join(TEXTURE_INITS)}")
-        if self.threshold_rule not in THRESHOLD_RULES:
-            raise ConfigError(f"geometry.threshold_rule={self.threshold_rule!r}: must be one of "
-                              f"{', '.join(THRESHOLD_RULES)}")
+    distill_steps: int = bounded(200, ge=0)
+    distill_lr: float = bounded(0.03, gt=0.0)  # hash tables; the MLP gets a tenth
+    distill_points: int = bounded(2048, ge=1)  # per step
 
 
 # ---- marching tetrahedra --------------------------------------------------------------------------------------------
@@ -140,12 +135,13 @@ def marching_tets(pos: Tensor, sdf: Tensor, tets: Tensor) -> tuple[Tensor, Tenso
 
 
 # ---- the geometry ---------------------------------------------------------------------------------------------------
-@register("geometry", "dmtet", config=DMTetConfig,
+@register("geometry", "dmtet", config=DMTetConfig, field="surface",
           summary="deformable tetrahedral grid SDF + hash-grid texture, meshed by marching tets (fine stage)")
 class DMTetGeometry(nn.Module):
     def __init__(self, cfg: DMTetConfig, device: str | torch.device = "cpu"):
         super().__init__()
-        self.cfg = cfg
+        self.cfg = cfg = dataclasses.replace(cfg, grid=cfg.grid or HashGridConfig(), mlp_width=cfg.mlp_width or 64,
+                                             mlp_layers=1 if cfg.mlp_layers is None else cfg.mlp_layers)
         grid = kuhn_grid(cfg.grid_resolution)
         # The lattice is rebuilt from the config, so it is not checkpointed; the bbox (set by a hand-off) is.
         self.register_buffer("unit_verts", grid.verts, persistent=False)  # [V,3] in [-1,1]^3

@@ -18,6 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from dreamgen.schema import bounded
+
+BACKENDS = ("auto", "torch", "tcnn")
+
 # Instant-NGP's spatial hash primes (the first is 1 so that x stays coherent in memory).
 HASH_PRIMES = (1, 2654435761, 805459861)
 
@@ -45,12 +49,12 @@ class _GatherRows(torch.autograd.Function):
 
 @dataclass
 class HashGridConfig:
-    n_levels: int = 10
-    n_features_per_level: int = 2
-    log2_hashmap_size: int = 15
-    base_resolution: int = 16
-    per_level_scale: float = 1.3819  # 16 · 1.3819⁹ ≈ 295 cells at the finest level
-    backend: str = "auto"  # auto (tcnn when it imports and the device is CUDA) | torch | tcnn
+    n_levels: int = bounded(10, ge=1)
+    n_features_per_level: int = bounded(2, ge=1)
+    log2_hashmap_size: int = bounded(15, ge=4, le=30)
+    base_resolution: int = bounded(16, ge=1)
+    per_level_scale: float = bounded(1.3819, ge=1.0)  # 16 · 1.3819⁹ ≈ 295 cells at the finest level
+    backend: str = bounded("auto", choices=BACKENDS)  # auto: tcnn when it imports and the device is CUDA
 
     @property
     def output_dim(self) -> int:
@@ -173,8 +177,8 @@ def tcnn_available() -> bool:
 
 def make_hash_grid(cfg: HashGridConfig, device: str | torch.device = "cpu") -> nn.Module:
     """The tcnn backend when ``backend`` allows it, tinycudann imports and ``device`` is CUDA; else the torch one."""
-    if cfg.backend not in ("auto", "torch", "tcnn"):
-        raise ValueError(f"hash grid backend must be auto, torch or tcnn, got {cfg.backend!r}")
+    if cfg.backend not in BACKENDS:
+        raise ValueError(f"hash grid backend must be one of {', '.join(BACKENDS)}, got {cfg.backend!r}")
     on_cuda = torch.device(device).type == "cuda"
     if cfg.backend == "tcnn" and not (on_cuda and tcnn_available()):
         raise RuntimeError("hash grid backend 'tcnn' needs tinycudann installed and a CUDA device")

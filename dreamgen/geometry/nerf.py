@@ -16,21 +16,27 @@ from torch import Tensor, nn
 
 from dreamgen.geometry.hashgrid import HashGridConfig, field_mlp, make_hash_grid
 from dreamgen.registry import register
+from dreamgen.schema import bounded
+
+DENSITY_BLOBS = ("magic3d", "gaussian", "none")
+NORMAL_MODES = ("finite_difference", "analytic")
 
 
 @dataclass
 class NeRFConfig:
     name: str = "hashgrid-nerf"
-    radius: float = 1.0  # scene bound: the field lives in [-radius, radius]^3
+    radius: float = bounded(1.0, gt=0.0)  # scene bound: the field lives in [-radius, radius]^3
     grid: HashGridConfig = field(default_factory=HashGridConfig)
-    mlp_width: int = 64
-    mlp_layers: int = 1  # hidden layers
-    density_activation: str = "softplus"  # softplus | trunc_exp
-    density_blob: str = "magic3d"  # magic3d: d·(1 − |x|/r) | gaussian: d·exp(−|x|²/2r²) | none
-    blob_density: float = 10.0
-    blob_radius: float = 0.5
-    normals: str = "analytic"  # analytic (autograd; ~4x cheaper on CPU) | finite_difference (central, 6 probes)
-    fd_eps: float = 0.01  # world units; ~1.5 cells of the finest default level, which smooths hash noise
+    mlp_width: int = bounded(64, ge=1)
+    mlp_layers: int = bounded(1, ge=0)  # hidden layers
+    density_activation: str = bounded("softplus", choices=("softplus", "trunc_exp"))
+    density_blob: str = bounded("magic3d", choices=DENSITY_BLOBS)  # magic3d: d·(1 − |x|/r) | gaussian:
+    # d·exp(−|x|²/2r²) | none
+    blob_density: float = bounded(10.0, ge=0.0)
+    blob_radius: float = bounded(0.5, gt=0.0)
+    # analytic (autograd; ~4x cheaper on CPU) | finite_difference (central, 6 probes)
+    normals: str = bounded("analytic", choices=NORMAL_MODES)
+    fd_eps: float = bounded(0.01, gt=0.0)  # world units; ~1.5 cells of the finest default level: smooths hash noise
 
 
 class _TruncExp(torch.autograd.Function):
@@ -52,8 +58,6 @@ def trunc_exp(x: Tensor) -> Tensor:
 
 
 DENSITY_ACTIVATIONS = {"softplus": F.softplus, "trunc_exp": trunc_exp}
-DENSITY_BLOBS = ("magic3d", "gaussian", "none")
-NORMAL_MODES = ("finite_difference", "analytic")
 
 
 def density_blob(points: Tensor, kind: str, density: float, radius: float) -> Tensor:
@@ -65,7 +69,7 @@ def density_blob(points: Tensor, kind: str, density: float, radius: float) -> Te
     return points.new_zeros(points.shape[0])
 
 
-@register("geometry", "hashgrid-nerf", config=NeRFConfig,
+@register("geometry", "hashgrid-nerf", config=NeRFConfig, field="density",
           summary="hash-grid density + albedo field with a density blob (coarse stage)")
 class HashGridNeRF(nn.Module):
     def __init__(self, cfg: NeRFConfig, device: str | torch.device = "cpu"):

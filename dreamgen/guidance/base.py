@@ -24,6 +24,11 @@ class Guidance(nn.Module):
     image_size: int
     latent_channels: int
 
+    @classmethod
+    def check_prompt(cls, prompt: str) -> None:
+        """Raise :class:`dreamgen.errors.PromptError` for a prompt this guidance can never encode (checked when the
+        config is composed, before any weights load). Open-vocabulary models accept everything."""
+
     @property
     def num_train_timesteps(self) -> int:
         return int(self.alphas_cumprod.shape[0])

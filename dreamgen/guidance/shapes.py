@@ -19,6 +19,7 @@ from dreamgen.guidance.base import Guidance, LoRAScore
 from dreamgen.prior.io import load_prior
 from dreamgen.prior.model import denoise, v_to_eps
 from dreamgen.registry import register
+from dreamgen.world.captions import parse_caption
 
 # Every conv/linear inside the resnets and attention blocks (not conv_in/conv_out or the embeddings).
 LORA_TARGETS = ["conv1", "conv2", "time_emb_proj", "to_q", "to_k", "to_v", "to_out.0"]
@@ -36,7 +37,7 @@ def _schedule(ac: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     return ab.sqrt(), (1 - ab).sqrt()
 
 
-@register("guidance", "shapes", config=ShapesGuidanceConfig,
+@register("guidance", "shapes", config=ShapesGuidanceConfig, family="prior",
           summary="embedded 32×32 prior of the procedural world (offline, CPU; colours × shapes × views)")
 class ShapesGuidance(Guidance):
     def __init__(self, cfg: ShapesGuidanceConfig | None = None, device: str | torch.device = "cpu"):
@@ -49,6 +50,10 @@ class ShapesGuidance(Guidance):
         ac = spec.make_scheduler().alphas_cumprod.float()
         self.register_buffer("alphas_cumprod", ac.to(device), persistent=False)
         self.background = tuple(spec.background)  # what the prior's training renders were composited over
+
+    @classmethod
+    def check_prompt(cls, prompt: str) -> None:
+        parse_caption(prompt)  # PromptError naming the unknown word and listing the vocabulary
 
     def encode_images(self, rgb: Tensor) -> Tensor:
         """rgb [B,H,W,3] in [0,1] -> x [B,3,32,32] in [-1,1] (antialiased bilinear resize, differentiable)."""

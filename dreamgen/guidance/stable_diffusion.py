@@ -140,7 +140,24 @@ def _to_eps(out: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, predict
     return ab.sqrt() * out + (1 - ab).sqrt() * x_t.float()
 
 
-@register("guidance", "stable-diffusion", config=StableDiffusionConfig,
+def weights_available(source: str) -> bool:
+    """Whether ``source`` can load without a download: a pipeline folder, or a hub id whose pipeline index and UNet
+    config are in the Hugging Face cache."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        return (path / "model_index.json").is_file()
+    if _looks_like_path(source):
+        return False
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        return all(isinstance(try_to_load_from_cache(source, f, cache_dir=_hub_cache_dir()), str)
+                   for f in ("model_index.json", "unet/config.json"))
+    except ValueError:  # not a valid repo id
+        return False
+
+
+@register("guidance", "stable-diffusion", config=StableDiffusionConfig, family="stable-diffusion", latent_stride=8,
           summary="Stable Diffusion 1.x/2.x (diffusers folder or hub id) in VAE latent space")
 class StableDiffusionGuidance(Guidance):
     def __init__(self, cfg: StableDiffusionConfig, device: str | torch.device = "cpu"):

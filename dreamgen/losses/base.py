@@ -25,6 +25,7 @@ class LossInput:
     n_particles: int = 1  # x holds P particles particle-major: rows p*B/P:(p+1)*B/P render particle p
     source_x: Tensor | None = None  # [B,C,h,w] frozen source renders at the same cameras (editing, DDS)
     source_cond: Tensor | None = None  # [B,...] the source prompt's embeddings (editing, DDS)
+    t_bounds: tuple[Any, Any] | None = None  # this stage's (t_min, t_max), numbers or schedules; None: the loss's own
 
 
 @dataclass
@@ -48,6 +49,10 @@ class DistillationLoss(nn.Module):
     @property
     def guidance(self):
         return self.core.guidance
+
+    def __call__(self, inp: LossInput) -> LossOutput:
+        self.core.t_bounds = inp.t_bounds  # the stage's noise range for this step (Magic3D's fine stage)
+        return super().__call__(inp)
 
     def forward(self, inp: LossInput) -> LossOutput:  # pragma: no cover - abstract
         raise NotImplementedError

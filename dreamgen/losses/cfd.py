@@ -110,7 +110,7 @@ class CFD(DistillationLoss):
             if f <= f1:
                 p = p0 + (p1 - p0) * (f - f0) / max(f1 - f0, 1e-12)
                 break
-        t_lo, t_hi = scheduled(self.cfg.t_min, step), scheduled(self.cfg.t_max, step)
+        t_lo, t_hi = self.core.t_fractions(step)
         t = int(self.core.T * (t_lo + (t_hi - t_lo) * (1 - p)))
         t = min(max(t, 1), self.core.T - 1)
         return torch.full((n,), t, dtype=torch.long, device=self.core.alphas_cumprod.device)

@@ -19,6 +19,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from dreamgen.errors import ConfigError
+from dreamgen.schema import bounded
+
 WEIGHTINGS = ("sds", "uniform", "fantasia3d", "sigma_ratio")
 T_SAMPLINGS = ("uniform", "sqrt_anneal")
 
@@ -28,13 +31,29 @@ class LossConfig:
     """Fields shared by every loss; a loss's own config dataclass extends this one."""
 
     name: str = "sds"
-    guidance_scale: float = 100.0  # ω, diffusers convention
-    t_min: Any = 0.02  # fraction of T, or schedule [start_step, v0, v1, end_step]
-    t_max: Any = 0.98
-    t_sampling: str = "uniform"
+    guidance_scale: float = bounded(100.0, ge=0.0)  # ω, diffusers convention
+    t_min: Any = bounded(0.02, gt=0.0, lt=1.0)  # fraction of T, or schedule [start_step, v0, v1, end_step]
+    t_max: Any = bounded(0.98, gt=0.0, lt=1.0)
+    t_sampling: str = bounded("uniform", choices=T_SAMPLINGS)
     per_sample_t: bool = True  # one t per batch element (threestudio) or one per batch (LucidDreamer)
-    weighting: str = "sds"
-    weight: float = 1.0  # multiplier on the surrogate loss
+    weighting: str = bounded("sds", choices=WEIGHTINGS)
+    weight: float = bounded(1.0, ge=0.0)  # multiplier on the surrogate loss
+
+    def check(self, key: str) -> None:
+        check_t_range(self.t_min, self.t_max, key)
+
+
+def check_t_range(t_min: Any, t_max: Any, key: str, steps: int = 10**6) -> None:
+    """t_min < t_max at every step where either schedule changes (both may be numbers or schedules)."""
+    points = {0, steps}
+    for v in (t_min, t_max):
+        if isinstance(v, Sequence) and len(v) == 4:
+            points |= {int(v[0]), int(v[3]), int(v[0]) - 1, int(v[3]) + 1}
+    for s in sorted(p for p in points if p >= 0):
+        lo, hi = scheduled(t_min, s), scheduled(t_max, s)
+        if not lo < hi:
+            raise ConfigError(f"{key}.t_min={t_min} and {key}.t_max={t_max}: t_min must stay below t_max "
+                              f"(at step {s}: {lo:g} ≥ {hi:g})")
 
 
 def scheduled(value: Any, step: int) -> float:
@@ -70,11 +89,17 @@ class ScoreCore:
         self.alphas_cumprod = guidance.alphas_cumprod.float()
         self.T = int(self.alphas_cumprod.shape[0])
         self._text_cache: dict[str, Tensor] = {}
+        self.t_bounds: tuple[Any, Any] | None = None  # set per step from LossInput.t_bounds
 
     # ---- timesteps -------------------------------------------------------------------------------------------
+    def t_fractions(self, step: int) -> tuple[float, float]:
+        """(t_min, t_max) at ``step`` as fractions of T: the stage's bounds when it sets them, else the loss's."""
+        t_min, t_max = self.t_bounds or (self.cfg.t_min, self.cfg.t_max)
+        return scheduled(t_min, step), scheduled(t_max, step)
+
     def t_range(self, step: int) -> tuple[int, int]:
-        lo = int(self.T * scheduled(self.cfg.t_min, step))
-        hi = int(self.T * scheduled(self.cfg.t_max, step))
+        f_lo, f_hi = self.t_fractions(step)
+        lo, hi = int(self.T * f_lo), int(self.T * f_hi)
         lo = min(max(lo, 1), self.T - 1)
         hi = min(max(hi, lo), self.T - 1)
         return lo, hi

@@ -6,21 +6,28 @@ the geometry from baking the background into its albedo (threestudio's ``random_
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+
+from dreamgen.errors import ConfigError
+from dreamgen.schema import bounded
 
 BACKGROUND_KINDS = ("solid", "mlp")
 
 
 @dataclass
 class BackgroundConfig:
-    kind: str = "solid"  # solid | mlp
-    color: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
-    random_color_prob: float = 0.0
-    mlp_width: int = 32
-    mlp_frequencies: int = 2  # sin/cos octaves of the direction fed to the MLP
+    kind: str = bounded("solid", choices=BACKGROUND_KINDS)
+    color: list[float] = bounded(factory=lambda: [1.0, 1.0, 1.0], ge=0.0, le=1.0)
+    random_color_prob: float = bounded(0.0, ge=0.0, le=1.0)
+    mlp_width: int = bounded(32, ge=1)
+    mlp_frequencies: int = bounded(2, ge=0)  # sin/cos octaves of the direction fed to the MLP
+
+    def check(self, key: str) -> None:
+        if len(self.color) != 3:
+            raise ConfigError(f"{key}.color={list(self.color)}: needs 3 values (RGB in [0, 1])")
 
 
 class Background(nn.Module):

@@ -19,16 +19,13 @@ from dreamgen.cameras import Cameras, rays
 from dreamgen.render.background import Background
 from dreamgen.render.raster import BACKENDS, rasterize
 from dreamgen.render.shading import (MODES_NEEDING_NORMALS, ShadingConfig, light_positions, resolve_shading,
-                                     shade)
+                                     shade, surface_points)
+from dreamgen.schema import bounded
 
 
 @dataclass
 class MeshRendererConfig(ShadingConfig):
-    backend: str = "auto"  # auto (nvdiffrast when it imports and the tensors are CUDA) | torch | nvdiffrast
-
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(f"renderer.backend must be one of {BACKENDS}, got {self.backend!r}")
+    backend: str = bounded("auto", choices=BACKENDS)  # auto: nvdiffrast when it imports and the tensors are CUDA
 
 
 def face_normals(verts: Tensor, faces: Tensor) -> Tensor:
@@ -83,7 +80,7 @@ def laplacian_loss(verts: Tensor, faces: Tensor) -> Tensor:
 
 class MeshRenderer(nn.Module):
     """``forward(cams, shading, train)`` -> the same dict as :class:`VolumeRenderer`, for a mesh geometry
-    (``extract()``, ``albedo(points)``)."""
+    (a :class:`~dreamgen.geometry.base.SurfaceField`: ``surface()``, ``albedo(points)``)."""
 
     def __init__(self, geometry: nn.Module, background: Background, cfg: MeshRendererConfig):
         super().__init__()
@@ -96,14 +93,14 @@ class MeshRenderer(nn.Module):
         """Render ``cams`` (shading as :meth:`VolumeRenderer.forward`).
 
         Returns rgb [B,H,W,3] over the background, opacity [B,H,W,1] (soft coverage), depth [B,H,W,1] (ray distance
-        to the surface × coverage), normal [B,H,W,3] (interpolated unit vertex normal × coverage; zeros in albedo
+        to the surface × coverage), points [B,H,W,3] (surface point; the ray origin on background), normal [B,H,W,3] (interpolated unit vertex normal × coverage; zeros in albedo
         mode), normal_consistency_loss, laplacian_loss, orient/sparsity/opacity losses (0: volume-only
         regularisers) and shading (the mode used).
         """
         c = self.cfg
         mode = resolve_shading(shading, train, c)
         B, H, W = len(cams), cams.height, cams.width
-        _, dirs = rays(cams)
+        origins, dirs = rays(cams)
         bg = self.background(dirs, train=train)  # [B,H,W,3]
         light_pos = light_positions(cams.c2w[:, :3, 3], c, train)  # [B,3]
 
@@ -111,7 +108,7 @@ class MeshRenderer(nn.Module):
         zero = verts.sum() * 0.0  # keeps the scalars on the graph (and device) of the geometry
         if faces.shape[0] == 0:  # an SDF without a zero crossing renders as background
             return {"rgb": bg, "opacity": bg.new_zeros(B, H, W, 1), "depth": bg.new_zeros(B, H, W, 1),
-                    "normal": bg.new_zeros(B, H, W, 3), "normal_consistency_loss": zero, "laplacian_loss": zero,
+                    "points": origins, "normal": bg.new_zeros(B, H, W, 3), "normal_consistency_loss": zero, "laplacian_loss": zero,
                     "orient_loss": zero, "sparsity_loss": zero, "opacity_loss": zero, "shading": mode}
 
         frags = rasterize(verts, faces, cams, c.backend)
@@ -128,10 +125,12 @@ class MeshRenderer(nn.Module):
         colour = shade(albedo, normal if need_normals else None, light_dir, mode, c.ambient, c.diffuse)
         coverage = frags.coverage[..., None]  # [B,H,W,1]
         distance = (points - cams.c2w[batch, :3, 3]).norm(dim=-1, keepdim=True)  # [N,1] along the unit ray
+        depth = frags.to_image(distance) * coverage
         return {
             "rgb": frags.composite(frags.to_image(colour), bg),
             "opacity": coverage,
-            "depth": frags.to_image(distance) * coverage,
+            "depth": depth,
+            "points": surface_points(origins, dirs, depth, coverage),
             "normal": frags.to_image(normal) * coverage,
             "normal_consistency_loss": normal_consistency_loss(verts, faces),
             "laplacian_loss": laplacian_loss(verts, faces),

@@ -11,11 +11,14 @@ placed along the camera direction (jittered) at a random distance, as in DreamFu
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from dreamgen.errors import ConfigError
+from dreamgen.schema import bounded
 
 SHADING_MODES = ("albedo", "lambertian", "textureless", "normal")
 MODES_NEEDING_NORMALS = ("lambertian", "textureless", "normal")
@@ -65,18 +68,33 @@ def shade(albedo: Tensor, normal: Tensor | None, light_dir: Tensor | None, mode:
     raise ValueError(f"unknown shading mode {mode!r}; valid: {SHADING_MODES}")
 
 
+def surface_points(origins: Tensor, dirs: Tensor, depth: Tensor, opacity: Tensor) -> Tensor:
+    """[B,H,W,3] expected surface point per pixel from rays [B,H,W,3] and the renderers' depth Σ w·t and opacity
+    [B,H,W,1] (depth/opacity is the opacity-normalised distance; background pixels land at the ray origin)."""
+    return origins + dirs * (depth / opacity.clamp_min(1e-6))
+
+
 @dataclass
 class ShadingConfig:
     """Shading fields shared by the volume and the mesh renderer (DreamFusion):
     colour = albedo · (ambient + diffuse · max(0, n·l)), with a point light near the camera direction."""
 
-    ambient: float = 0.1
-    diffuse: float = 0.9
-    albedo_only_prob: float = 0.1  # "random" shading: P(albedo), P(textureless), else lambertian
-    textureless_prob: float = 0.5
-    light_distance: list[float] = field(default_factory=lambda: [0.8, 1.5])  # world units, from the origin
-    light_perturb: float = 1.0  # std of the jitter added to the camera direction before normalising
-    light_tilt: float = 0.0  # the light's base direction is the camera's tilted up by atan(light_tilt)
+    ambient: float = bounded(0.1, ge=0.0)
+    diffuse: float = bounded(0.9, ge=0.0)
+    albedo_only_prob: float = bounded(0.1, ge=0.0, le=1.0)  # "random" shading: P(albedo), P(textureless), else
+    textureless_prob: float = bounded(0.5, ge=0.0, le=1.0)  # lambertian
+    light_distance: list[float] = bounded(factory=lambda: [0.8, 1.5], gt=0.0)  # world units, from the origin
+    light_perturb: float = bounded(1.0, ge=0.0)  # std of the jitter added to the camera direction before normalising
+    light_tilt: float = bounded(0.0, ge=-100.0, le=100.0)  # the light's base direction: the camera's tilted up by
+    # atan(light_tilt)
+
+    def check(self, key: str) -> None:
+        if self.albedo_only_prob + self.textureless_prob > 1.0:
+            raise ConfigError(f"{key}.albedo_only_prob + {key}.textureless_prob = "
+                              f"{self.albedo_only_prob + self.textureless_prob:g}: must be ≤ 1 (they are probabilities "
+                              "of one draw)")
+        if len(self.light_distance) != 2 or self.light_distance[0] > self.light_distance[1]:
+            raise ConfigError(f"{key}.light_distance={list(self.light_distance)}: must be a range [low, high]")
 
 
 def resolve_shading(shading: str, train: bool, cfg: ShadingConfig) -> str:

@@ -25,20 +25,21 @@ from torch import Tensor, nn
 from dreamgen.cameras import Cameras, rays
 from dreamgen.render.background import Background
 from dreamgen.render.shading import (MODES_NEEDING_NORMALS, ShadingConfig, light_positions, resolve_shading,
-                                     shade)
+                                     shade, surface_points)
+from dreamgen.schema import bounded
 
 
 @dataclass
 class RendererConfig(ShadingConfig):
-    num_samples: int = 48  # per ray, across the bounding sphere's diameter
+    num_samples: int = bounded(48, ge=1)  # per ray, across the bounding sphere's diameter
     stratified: bool = True  # jitter each sample inside its bin (training only)
     # Empty-space skipping: nerfacc's estimator on CUDA, EmptySpaceGrid elsewhere.
     occupancy_grid: bool = False
-    occupancy_resolution: int = 32
-    occupancy_update_every: int = 16
-    occupancy_threshold: float = 1e-3  # on σ·Δt (≈ a sample's alpha); 1e-2 (nerfacc's) visibly thins fog
-    occupancy_decay: float = 0.95
-    chunk: int = 65536  # rays per chunk (bounds memory at eval; training batches are usually one chunk)
+    occupancy_resolution: int = bounded(32, ge=2)
+    occupancy_update_every: int = bounded(16, ge=1)
+    occupancy_threshold: float = bounded(1e-3, ge=0.0)  # on σ·Δt (≈ a sample's alpha); nerfacc's 1e-2 thins fog
+    occupancy_decay: float = bounded(0.95, ge=0.0, le=1.0)
+    chunk: int = bounded(65536, ge=1)  # rays per chunk (bounds memory at eval; training batches are one chunk)
 
 
 def ray_sphere_bounds(origins: Tensor, dirs: Tensor, radius: float) -> tuple[Tensor, Tensor, Tensor]:
@@ -138,7 +139,7 @@ class VolumeRenderer(nn.Module):
         shading: ``random`` (training draw; ``lambertian`` when not training) or one of
         ``albedo | lambertian | textureless | normal``.
         Returns rgb [B,H,W,3] (over the background), opacity [B,H,W,1], depth [B,H,W,1] (Σ w·t, not divided by
-        opacity), normal [B,H,W,3] (Σ w·n; zeros in albedo mode), orient_loss (mean over rays of
+        opacity), points [B,H,W,3] (the expected surface point, see :func:`surface_points`), normal [B,H,W,3] (Σ w·n; zeros in albedo mode), orient_loss (mean over rays of
         Σ stopgrad(w)·max(0, n·d)², 0 without normals), sparsity_loss (mean √(opacity² + 0.01)),
         opacity_loss (mean binary entropy of the opacity, pushes pixels to 0 or 1), shading (the mode used).
         """
@@ -155,6 +156,7 @@ class VolumeRenderer(nn.Module):
         out = {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
         opacity = out["opacity"].reshape(B, H, W, 1)
+        depth = out["depth"].reshape(B, H, W, 1)
         bg = self.background(dirs, train=train)  # [B,H,W,3]
         rgb = out["rgb"].reshape(B, H, W, 3) + (1.0 - opacity) * bg
         eps = 1e-5
@@ -162,7 +164,8 @@ class VolumeRenderer(nn.Module):
         return {
             "rgb": rgb,
             "opacity": opacity,
-            "depth": out["depth"].reshape(B, H, W, 1),
+            "depth": depth,
+            "points": surface_points(origins, dirs, depth, opacity),
             "normal": out["normal"].reshape(B, H, W, 3),
             "orient_loss": out["orient"].mean(),
             "sparsity_loss": (opacity.square() + 0.01).sqrt().mean(),

@@ -1,0 +1,187 @@
+"""What a run optimises, stage by stage: the 3-D particles, their renderers and the shared background.
+
+A run is a list of stages (``cfg.stages``): ``nerf`` (a density field, volume rendered) and optionally ``dmtet``
+(Magic3D's fine stage: a surface handed off from the coarse field, rasterised at a higher resolution, with a lower
+noise range). One :class:`Stage` object per stage owns everything that changes at the boundary: how its geometry is
+made (from scratch, or handed off from the previous stage's), its renderer, its parameter groups and learning rates,
+its camera sampler and its noise range. The loss's config is never rewritten: the stage's noise range reaches the
+loss with each step's input.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from dreamgen import registry
+from dreamgen.cameras import CameraSampler
+from dreamgen.geometry.dmtet import DMTetConfig, DMTetGeometry
+from dreamgen.losses.core import check_t_range
+from dreamgen.render.background import Background
+from dreamgen.render.mesh_renderer import MeshRenderer, MeshRendererConfig
+from dreamgen.render.raster import BACKENDS
+from dreamgen.render.shading import ShadingConfig
+from dreamgen.render.volume import VolumeRenderer
+from dreamgen.schema import bounded
+
+
+@dataclass
+class FineStageConfig:
+    """The DMTet stage of ``stages: [nerf, dmtet]`` (Magic3D): a surface handed off from the coarse NeRF, rendered
+    by the mesh rasteriser at a higher resolution, with a lower noise range."""
+
+    steps: int = bounded(300, ge=1)
+    resolution: int = bounded(64, ge=8)
+    lr: float = bounded(0.005, gt=0.0)  # SDF, deformation and texture tables
+    lr_net: float = bounded(0.001, gt=0.0)  # texture MLP
+    t_min: Any = bounded(0.02, gt=0.0, lt=1.0)
+    t_max: Any = bounded(0.5, gt=0.0, lt=1.0)
+    lambda_normal_consistency: Any = bounded(0.0, ge=0.0)
+    lambda_laplacian: Any = bounded(0.0, ge=0.0)
+    backend: str = bounded("auto", choices=BACKENDS)  # rasteriser: auto = nvdiffrast on CUDA when importable
+    # The surface's own settings. Its texture field copies the coarse NeRF's albedo network when their hash grid,
+    # MLP and radius match (geometry.texture_init=auto), else it is distilled from it.
+    geometry: DMTetConfig = field(default_factory=DMTetConfig)
+
+    def check(self, key: str) -> None:
+        check_t_range(self.t_min, self.t_max, key)
+
+
+class Stage:
+    """One stage of a run (see the module docstring)."""
+
+    name: str
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def steps(self) -> int:
+        raise NotImplementedError
+
+    def make_geometry(self, device: torch.device, previous: nn.Module | None) -> nn.Module:
+        """A fresh geometry, or (``previous`` given) one handed off from the previous stage's."""
+        raise NotImplementedError
+
+    def make_renderer(self, geometry: nn.Module, background: Background) -> nn.Module:
+        raise NotImplementedError
+
+    def learning_rates(self) -> tuple[float, float]:
+        """(grid/SDF tables, small networks)."""
+        raise NotImplementedError
+
+    def sampler(self) -> CameraSampler:
+        raise NotImplementedError
+
+    def t_bounds(self) -> tuple[Any, Any] | None:
+        """This stage's (t_min, t_max), numbers or schedules; None keeps the loss's own range."""
+        return None
+
+
+class NerfStage(Stage):
+    name = "nerf"
+
+    @property
+    def steps(self) -> int:
+        return self.cfg.trainer.steps
+
+    def make_geometry(self, device, previous=None):
+        return registry.lookup("geometry", self.cfg.geometry.name).cls(self.cfg.geometry, device=device)
+
+    def make_renderer(self, geometry, background):
+        return VolumeRenderer(geometry, background, self.cfg.renderer)
+
+    def learning_rates(self):
+        return self.cfg.trainer.lr, self.cfg.trainer.lr_net
+
+    def sampler(self):
+        return CameraSampler(self.cfg.camera)
+
+
+class DMTetStage(Stage):
+    name = "dmtet"
+
+    @property
+    def steps(self) -> int:
+        return self.cfg.fine.steps
+
+    def geometry_config(self) -> DMTetConfig:
+        """``fine.geometry`` with its unset texture settings taken from the coarse geometry's (see DMTetConfig)."""
+        geo, coarse = self.cfg.fine.geometry, self.cfg.geometry
+        return dataclasses.replace(geo, grid=geo.grid or getattr(coarse, "grid", None),
+                                   mlp_width=geo.mlp_width or getattr(coarse, "mlp_width", None),
+                                   mlp_layers=geo.mlp_layers if geo.mlp_layers is not None
+                                   else getattr(coarse, "mlp_layers", None))
+
+    def make_geometry(self, device, previous=None):
+        geo_cfg = self.geometry_config()
+        if previous is None:  # to be filled from a checkpoint
+            return DMTetGeometry(geo_cfg, device=device)
+        return DMTetGeometry.from_nerf(previous, geo_cfg)
+
+    def make_renderer(self, geometry, background):
+        shading = {f.name: getattr(self.cfg.renderer, f.name) for f in dataclasses.fields(ShadingConfig)}
+        return MeshRenderer(geometry, background, MeshRendererConfig(**shading, backend=self.cfg.fine.backend))
+
+    def learning_rates(self):
+        return self.cfg.fine.lr, self.cfg.fine.lr_net
+
+    def sampler(self):
+        return CameraSampler(dataclasses.replace(self.cfg.camera, resolution=[self.cfg.fine.resolution],
+                                                 resolution_milestones=[]))
+
+    def t_bounds(self):
+        return self.cfg.fine.t_min, self.cfg.fine.t_max
+
+
+STAGES: dict[str, type[Stage]] = {"nerf": NerfStage, "dmtet": DMTetStage}
+
+
+def make_stages(cfg) -> list[Stage]:
+    return [STAGES[name](cfg) for name in cfg.stages]
+
+
+class Scene(nn.Module):
+    """P geometry particles sharing one background, each with its renderer, in one stage at a time."""
+
+    def __init__(self, cfg, device: torch.device | str = "cpu"):
+        super().__init__()
+        self.cfg = cfg
+        self.stages = make_stages(cfg)
+        self.stage = self.stages[0]
+        self.background = Background(cfg.background)
+        self.particles = nn.ModuleList([self.stage.make_geometry(device)
+                                        for _ in range(max(1, cfg.trainer.particles))])
+        self.renderers = self._renderers()
+        self.to(device)
+
+    @property
+    def stage_index(self) -> int:
+        return self.stages.index(self.stage)
+
+    def _renderers(self) -> nn.ModuleList:
+        return nn.ModuleList([self.stage.make_renderer(g, self.background) for g in self.particles])
+
+    def enter(self, index: int, device: torch.device | str, handoff: bool = True) -> None:
+        """Switch to stage ``index``: each particle's geometry handed off from its current one (``handoff``), or
+        made empty, to be filled from a checkpoint."""
+        stage = self.stages[index]
+        self.particles = nn.ModuleList([stage.make_geometry(device, g if handoff else None)
+                                        for g in self.particles]).to(device)
+        self.stage = stage
+        self.renderers = self._renderers()
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Adam groups of the current stage: each particle's groups at the stage's learning rates, then the
+        background's."""
+        lr, lr_net = self.stage.learning_rates()
+        groups: list[dict[str, Any]] = []
+        for g in self.particles:
+            groups += g.param_groups(lr, lr_net)
+        groups.append({"params": list(self.background.parameters()), "lr": self.cfg.trainer.lr_background,
+                       "name": "background"})
+        return [g for g in groups if g["params"]]
