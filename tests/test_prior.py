@@ -1,4 +1,5 @@
-"""The embedded prior: caption encoding, the denoiser's plumbing, the guidance wrapper, its LoRA copy, training."""
+"""The embedded prior: caption encoding, the denoiser's plumbing, the camera condition, the guidance wrappers, the
+LoRA copy, training and the evaluation's pieces. v1 = 32 px text-only spec, v2 = 64 px with a camera input."""
 
 from __future__ import annotations
 
@@ -9,27 +10,44 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamgen.cameras import CameraConfig, make_cameras
 from dreamgen.errors import GuidanceLoadError, PromptError
 from dreamgen.prior.io import DEFAULT_WEIGHTS, load_prior, save_prior
-from dreamgen.prior.model import PriorSpec, ShapesPrior, count_parameters, denoise
+from dreamgen.prior.model import CAMERA_FEATURES, PriorSpec, ShapesPrior, count_parameters, denoise
 from dreamgen.world.captions import caption
 from dreamgen.world.objects import COLOURS, SHAPES
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(block_out_channels=[32, 32, 32], layers_per_block=1, attention_head_dim=16, slot_dim=8)
+SPECS = {"v1": lambda: PriorSpec(**TINY), "v2": lambda: PriorSpec.v2(**TINY)}
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: a thread pool only adds overhead
 
 
-def tiny_prior(seed: int = 0) -> ShapesPrior:
+def tiny_prior(seed: int = 0, version: str = "v1") -> ShapesPrior:
     torch.manual_seed(seed)
-    model = ShapesPrior(PriorSpec(**TINY))
+    model = ShapesPrior(SPECS[version]())
     # Random (not zero) output layers, so every input and condition reaches the output.
     torch.nn.init.normal_(model.unet.conv_out.weight, std=0.1)
     return model.eval()
 
 
+def cameras(azimuth: list[float], resolution: int = 32):
+    n = len(azimuth)
+    return make_cameras(torch.tensor(azimuth), torch.full((n,), 15.0), torch.full((n,), 1.75), torch.full((n,), 55.0),
+                        resolution, CameraConfig())
+
+
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    return save_prior(tiny_prior(), tmp_path_factory.mktemp("prior") / "tiny.safetensors", {"note": "test"})
+def weights(tmp_path_factory) -> dict[str, Path]:
+    """Saved tiny priors, by version."""
+    folder = tmp_path_factory.mktemp("prior")
+    return {v: save_prior(tiny_prior(version=v), folder / f"tiny_{v}.safetensors", {"note": "test"}) for v in SPECS}
+
+
+@pytest.fixture(params=list(SPECS))
+def tiny_weights(request, weights) -> Path:
+    return weights[request.param]
 
 
 # ---- text ---------------------------------------------------------------------------------------------------------
@@ -62,16 +80,42 @@ def test_weights_without_a_colour_reject_it():
 
 
 # ---- denoiser ------------------------------------------------------------------------------------------------------
-def test_forward_shapes_and_default_size():
-    model = tiny_prior()
-    x = torch.randn(2, 3, 32, 32)
-    v = model(x, torch.tensor([0, 999]), model.encode_text(["a red cube", ""]))
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_forward_shapes_and_embedding_layout(version):
+    model = tiny_prior(version=version)
+    size = model.spec.image_size
+    x = torch.randn(2, 3, size, size)
+    emb = model.encode_text(["a red tv", ""])
+    v = model(x, torch.tensor([0, 999]), emb)
     assert v.shape == x.shape and torch.isfinite(v).all()
-    n = count_parameters(ShapesPrior(PriorSpec()))
-    assert 2e6 <= n <= 5e6  # fp16 export stays under 10 MB
+    camera_part = len(CAMERA_FEATURES) + 1 if version == "v2" else 0
+    assert (size, emb.shape[1]) == ((64, model.spec.cond_dim + camera_part) if version == "v2"
+                                    else (32, model.spec.cond_dim))
+    assert (model.camera_encoder is None) == (version == "v1")
 
 
-def test_denoise_unshuffles_to_patches_and_shuffles_back():
+def test_default_specs_fit_the_size_budget(tmp_path):
+    assert 2e6 <= count_parameters(ShapesPrior(PriorSpec())) <= 5e6  # v1
+    torch.manual_seed(0)
+    v2 = ShapesPrior(PriorSpec.v2())
+    assert (v2.spec.image_size, v2.spec.patch, v2.spec.camera_dim) == (64, 4, 4)
+    assert 2e6 <= count_parameters(v2) <= 5e6
+    weights = save_prior(v2, tmp_path / "v2.safetensors")
+    assert weights.stat().st_size <= 10 * 2**20
+
+
+def test_spec_rejects_inconsistent_sizes_and_loads_v1_files_as_text_only():
+    with pytest.raises(ValueError, match="camera_dim"):
+        PriorSpec(camera_dim=3)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PriorSpec.v2(image_size=40)
+    v1_file = PriorSpec().to_dict()
+    del v1_file["camera_dim"], v1_file["camera_distance"]  # keys that v1's shapes_prior.json does not have
+    assert PriorSpec.from_dict(v1_file).camera_dim == 0
+
+
+@pytest.mark.parametrize("patch,size", [(2, 32), (4, 64)])
+def test_denoise_unshuffles_to_patches_and_shuffles_back(patch, size):
     seen = {}
 
     class Echo(torch.nn.Module):
@@ -79,18 +123,41 @@ def test_denoise_unshuffles_to_patches_and_shuffles_back():
             seen["shape"] = tuple(h.shape)
             return type("Out", (), {"sample": h})()
 
-    x = torch.randn(2, 3, 32, 32)
-    out = denoise(Echo(), 2, x, torch.zeros(2, dtype=torch.long), torch.zeros(2, 4))
-    assert seen["shape"] == (2, 12, 16, 16)
+    x = torch.randn(2, 3, size, size)
+    out = denoise(Echo(), patch, x, torch.zeros(2, dtype=torch.long), torch.zeros(2, 4))
+    assert seen["shape"] == (2, 3 * patch * patch, 16, 16)  # either version: a 16×16 grid
     assert torch.equal(out, x)
 
 
-def test_conditioning_changes_the_prediction():
-    model = tiny_prior()
-    x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_conditioning_changes_the_prediction(version):
+    model = tiny_prior(version=version)
+    s = model.spec.image_size
+    x, t = torch.randn(1, 3, s, s), torch.tensor([500])
     a = model(x, t, model.encode_text(["a red cube"]))
     b = model(x, t, model.encode_text(["a red cube, back view"]))
     assert (a - b).abs().max() > 1e-4
+
+
+def test_null_camera_is_the_text_only_path_and_a_camera_changes_the_prediction():
+    model = tiny_prior(version="v2")
+    x, t = torch.randn(3, 3, 64, 64), torch.tensor([300, 300, 300])
+    text = model.encode_text(["a red house"] * 3)  # null camera
+    assert torch.equal(text[:, -1], torch.zeros(3))
+    feats = model.camera_features(torch.tensor([0.0, 180.0, 0.0]), torch.full((3,), 15.0),
+                                  torch.tensor([1.5, 1.75, 2.0]))
+    torch.testing.assert_close(feats[:, :2], torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, 1.0]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(feats[:, 3], torch.tensor([-1.0, 0.0, 1.0]))
+    with_cam = model.fuse_camera(text, feats)
+    # Clearing the camera (explicitly, or by dropping it as training does) restores the text-only embedding.
+    assert torch.equal(model.fuse_camera(with_cam, None), text)
+    assert torch.equal(model.fuse_camera(text, feats, present=torch.zeros(3, dtype=torch.bool)), text)
+    v_text, v_cam = model(x, t, text), model(x, t, with_cam)
+    assert torch.equal(model.condition(text), model.condition(text)[:1].expand(3, -1))  # one null vector for all
+    assert (v_text - v_cam).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+    assert (v_cam[0] - v_cam[1]).abs().max() > 1e-4  # front and back cameras differ
+    with pytest.raises(ValueError, match="no camera input"):
+        tiny_prior(version="v1").fuse_camera(text, feats)
 
 
 # ---- io and guidance -----------------------------------------------------------------------------------------------
@@ -98,7 +165,8 @@ def test_save_load_round_trip_is_fp16_and_offline(tiny_weights):
     spec = json.loads(tiny_weights.with_suffix(".json").read_text())
     assert spec["spec"]["block_out_channels"] == TINY["block_out_channels"] and spec["meta"] == {"note": "test"}
     loaded = load_prior(tiny_weights)
-    ref = tiny_prior()
+    ref = tiny_prior(version="v2" if spec["spec"]["camera_dim"] else "v1")
+    assert ref.state_dict().keys() == loaded.state_dict().keys()
     for (k, a), b in zip(ref.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a.half().float(), b), k
 
@@ -125,22 +193,55 @@ def _guidance(path: Path):
 
 def test_guidance_interface(tiny_weights):
     g = _guidance(tiny_weights)
-    assert (g.image_size, g.latent_channels, g.num_train_timesteps) == (32, 3, 1000)
+    s = g.image_size
+    assert (g.latent_channels, g.num_train_timesteps) == (3, 1000) and s == g.prior.spec.image_size
     assert g.alphas_cumprod[0] > 0.999 and g.alphas_cumprod[-1] < 1e-6  # cosine schedule, SNR ≈ 0 at T−1
-    rgb = torch.rand(2, 64, 64, 3, requires_grad=True)
-    x = g.encode_images(rgb)
-    assert x.shape == (2, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
-    x.sum().backward()
-    assert rgb.grad is not None and rgb.grad.abs().sum() > 0
-    flat = torch.full((1, 32, 32, 3), 0.25)
+    for render_size in (32, 96):  # renders are upsampled or downsampled to the prior's size
+        rgb = torch.rand(2, render_size, render_size, 3, requires_grad=True)
+        x = g.encode_images(rgb)
+        assert x.shape == (2, 3, s, s) and x.min() >= -1 and x.max() <= 1
+        x.sum().backward()
+        assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+    flat = torch.full((1, s, s, 3), 0.25)
     assert torch.allclose(g.decode(g.encode_images(flat)), flat, atol=1e-6)
     with pytest.raises(PromptError):
         g.encode_text(["a red dragon"])
+    emb = g.encode_text(["a red cube", ""])
+    assert torch.equal(g.condition(emb, cameras([0.0, 90.0])), emb)  # text only: cameras are ignored
+
+
+def test_camera_guidance_fuses_each_render_camera(weights):
+    from dreamgen.guidance.shapes import ShapesCamGuidance, ShapesCamGuidanceConfig
+
+    g = ShapesCamGuidance(ShapesCamGuidanceConfig(weights=str(weights["v2"])))
+    cams = cameras([0.0, 180.0])
+    cond = g.encode_text(["a red tv, front view", "a red tv, back view"])
+    uncond = g.encode_text([""]).expand(4, -1)  # 2 particles × 2 cameras, particle-major
+    fused = g.condition(uncond, cams)
+    feats = g.prior.camera_features(cams.azimuth, cams.elevation, cams.distance)
+    assert torch.equal(fused[:, -1], torch.ones(4)) and torch.equal(fused[:, :-1][:, -4:], feats.repeat(2, 1))
+    assert torch.equal(fused[:, :g.prior.spec.cond_dim], uncond[:, :g.prior.spec.cond_dim])  # the text is kept
+    x_t, t = torch.randn(2, 3, 64, 64), torch.tensor([400, 400])
+    eps_text, eps_cam = g.predict_noise(x_t, t, cond), g.predict_noise(x_t, t, g.condition(cond, cams))
+    assert (eps_text - eps_cam).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="tiled"):
+        g.condition(g.encode_text(["a red tv"] * 3), cams)
+
+
+def test_camera_guidance_needs_camera_weights(weights):
+    from dreamgen.guidance.shapes import ShapesCamGuidance, ShapesCamGuidanceConfig
+    from dreamgen.registry import lookup
+
+    assert lookup("guidance", "shapes-cam").cls is ShapesCamGuidance
+    with pytest.raises(GuidanceLoadError, match="camera condition") as e:
+        ShapesCamGuidance(ShapesCamGuidanceConfig(weights=str(weights["v1"])))
+    assert "\n" not in str(e.value) and "--guidance shapes" in str(e.value) and str(weights["v1"]) in str(e.value)
 
 
 def test_predict_noise_is_eps_from_v(tiny_weights):
     g = _guidance(tiny_weights)
-    x_t, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 900])
+    s = g.image_size
+    x_t, t = torch.randn(2, 3, s, s), torch.tensor([10, 900])
     emb = g.encode_text(["a red cube", ""])
     v = g.prior(x_t, t, emb)
     ab = g.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -150,8 +251,12 @@ def test_predict_noise_is_eps_from_v(tiny_weights):
 def test_trainable_copy_starts_equal_and_trains_only_lora(tiny_weights):
     g = _guidance(tiny_weights)
     score = g.trainable_copy(lora_rank=2, camera_dim=16)
-    x_t, t = torch.randn(3, 3, 32, 32), torch.tensor([50, 400, 950])
+    s = g.image_size
+    x_t, t = torch.randn(3, 3, s, s), torch.tensor([50, 400, 950])
     emb = g.encode_text(["a red cube", "a blue torus, front view", ""])
+    if g.prior.spec.camera_dim:  # a shapes-cam embedding: the prior's own camera condition passes through too
+        emb = g.prior.fuse_camera(emb, g.prior.camera_features(*torch.tensor([[0.0, 90.0, 180.0], [15.0] * 3,
+                                                                              [1.75] * 3])))
     cam = torch.randn(3, 16)
     ref = g.predict_noise(x_t, t, emb)
     assert torch.allclose(score.predict_noise(x_t, t, emb, cam), ref, atol=1e-5)
@@ -212,7 +317,9 @@ def test_packaged_prior_denoises_a_red_cube_best_with_its_own_caption():
 def test_packaged_weights_are_small_and_describe_themselves():
     meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     assert DEFAULT_WEIGHTS.stat().st_size <= 10 * 2**20
-    assert meta["spec"]["colours"] == list(COLOURS) and meta["spec"]["shapes"] == list(SHAPES)
+    shapes = meta["spec"]["shapes"]
+    # New world objects are appended, so older weights know a prefix of today's objects (v1: the first six).
+    assert meta["spec"]["colours"] == list(COLOURS) and len(shapes) >= 6 and shapes == list(SHAPES[:len(shapes)])
     assert meta["meta"]["steps"] > 0
 
 
