@@ -331,26 +331,45 @@ def _train_main():
     return mod.main
 
 
-def test_train_script_runs_exports_and_resumes_exactly(tmp_path):
-    main = _train_main()
-    common = ["--device", "cpu", "--n-images", "12", "--batch-size", "2", "--sample-steps", "1", "--log-every", "1"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    main(common + ["--steps", "3", "--out", str(straight), "--export", str(straight / "w.safetensors")])
-    main(common + ["--steps", "2", "--out", str(split), "--export", ""])
-    main(common + ["--steps", "3", "--out", str(split), "--export", str(split / "w.safetensors")])
+COMMON = ["--preset", "tiny", "--device", "cpu", "--n-images", "8", "--batch-size", "2", "--log-every", "1"]
 
-    a = torch.load(straight / "checkpoint.pt", weights_only=False)
-    b = torch.load(split / "checkpoint.pt", weights_only=False)
-    assert a["step"] == b["step"] == 3
+
+def test_train_script_runs_exports_and_resumes_exactly(tmp_path, capsys):
+    main = _train_main()
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    no_grid = ["--sample-steps", "0"]
+    main(COMMON + no_grid + ["--steps", "3", "--out", str(straight), "--export", str(straight / "w.safetensors")])
+    main(COMMON + no_grid + ["--steps", "2", "--out", str(split), "--export", ""])
+    main(COMMON + ["--sample-steps", "1", "--steps", "3", "--out", str(split),
+                   "--export", str(split / "w.safetensors")])
+    log = capsys.readouterr().out
+    assert "resumed at step 2" in log and "step 3/3 loss" in log and "\r" not in log  # plain lines for a log file
+
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3 and a["spec"]["camera_dim"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
     assert (split / "samples_000003.png").exists()
-    assert torch.equal(load_prior(straight / "w.safetensors").state_dict()["unet.conv_in.weight"],
-                       load_prior(split / "w.safetensors").state_dict()["unet.conv_in.weight"])
+    a_w, b_w = load_prior(straight / "w.safetensors"), load_prior(split / "w.safetensors")
+    assert a_w.spec.camera_dim == 4 and a_w.spec.image_size == 64
+    for k, v in a_w.state_dict().items():
+        assert torch.equal(v, b_w.state_dict()[k]), k
 
     with pytest.raises(SystemExit, match="different settings"):
-        main(["--device", "cpu", "--n-images", "24", "--batch-size", "2", "--steps", "4", "--out", str(split),
-              "--export", ""])
+        main(COMMON[:4] + ["--n-images", "16", "--batch-size", "2", "--steps", "4", "--out", str(split),
+                           "--export", "", "--sample-steps", "0"])
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    class Payload:  # what a crafted pickle could do on load
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    torch.save({"step": 1, "model": Payload()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="cannot resume"):
+        _train_main()(COMMON + ["--steps", "1", "--out", str(tmp_path), "--export", "", "--sample-steps", "0"])
+    assert not (tmp_path / "pwned").exists()
