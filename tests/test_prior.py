@@ -15,7 +15,7 @@ from dreamgen.errors import GuidanceLoadError, PromptError
 from dreamgen.prior.io import DEFAULT_WEIGHTS, load_prior, save_prior
 from dreamgen.prior.model import CAMERA_FEATURES, PriorSpec, ShapesPrior, count_parameters, denoise
 from dreamgen.world.captions import caption
-from dreamgen.world.objects import COLOURS, SHAPES
+from dreamgen.world.objects import COLOURS, FRONT_FEATURE_SHAPES, SHAPES
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(block_out_channels=[32, 32, 32], layers_per_block=1, attention_head_dim=16, slot_dim=8)
@@ -373,3 +373,36 @@ def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
     with pytest.raises(SystemExit, match="cannot resume"):
         _train_main()(COMMON + ["--steps", "1", "--out", str(tmp_path), "--export", "", "--sample-steps", "0"])
     assert not (tmp_path / "pwned").exists()
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_eval_conditions_and_grid_layout(version):
+    from dreamgen.prior.evaluate import eval_rows, sample_grid
+
+    model = tiny_prior(version=version)
+    rows = eval_rows(model)
+    per_colour = len(SHAPES) + 2 * len(FRONT_FEATURE_SHAPES) * (2 if version == "v2" else 1)
+    assert len(rows) == len(COLOURS) * per_colour
+    assert rows[len(SHAPES):len(SHAPES) + 2] == [("a red house, front view", "red", "house", "front", None),
+                                                 ("a red house, back view", "red", "house", "back", None)]
+    assert sum(r[4] == 180.0 for r in rows) == (len(COLOURS) * len(FRONT_FEATURE_SHAPES) if version == "v2" else 0)
+    images = torch.zeros(len(rows), 3, 4, 4, 3, dtype=torch.uint8)
+    images[len(SHAPES), 1] = 255  # the red house's front view, second sample
+    out = sample_grid(images, len(COLOURS), per_row=2)
+    assert out.shape == (len(COLOURS) * 5 + 1, 2 * per_colour * 5 + 1, 3)  # one line per colour, 4 px + 1 px pad
+    assert (out[1:5, 1 + 5 * (2 * len(SHAPES) + 1):][:, :4] == 255).all()
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_classifier_heads_and_facing_lookup(resolution):
+    from dreamgen.prior.evaluate import WorldClassifier, facing_of, front_facing
+
+    net = WorldClassifier(resolution, width=8)
+    c, s, f = net(torch.zeros(2, resolution, resolution, 3, dtype=torch.uint8))
+    assert (c.shape, s.shape, f.shape) == ((2, len(COLOURS)), (2, len(SHAPES)), (2, len(FRONT_FEATURE_SHAPES)))
+    facing = torch.tensor([[True, False, False], [False, False, True]])
+    shape_idx = torch.tensor([SHAPES.index("house"), SHAPES.index("arrow")])
+    assert facing_of(facing, shape_idx).tolist() == [True, True]
+    assert front_facing(torch.tensor([0.0, 89.0, 91.0, 180.0, -60.0, 300.0])).tolist() == [True, True, False, False,
+                                                                                           True, True]
