@@ -256,8 +256,10 @@ class Trainer:
     def _loss_input(self, x, rgb, outs, cams: Cameras) -> LossInput:
         P, B = len(self.particles), len(cams)
         view_idx = cams.view_idx.repeat(P)
+        g = self.guidance  # a camera-aware guidance writes each render's camera into both conditions
         return LossInput(
-            x=x, cond=self.prompts.cond(view_idx), uncond=self.prompts.uncond_batch(P * B), step=self.step,
+            x=x, cond=g.condition(self.prompts.cond(view_idx), cams),
+            uncond=g.condition(self.prompts.uncond_batch(P * B), cams), step=self.step,
             total_steps=self.total_steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
             opacity=torch.cat([o["opacity"] for o in outs]),
             points=torch.cat([o["points"] for o in outs]).detach(), n_particles=P,
@@ -272,7 +274,8 @@ class Trainer:
         rgb = scene.renderers[0](cams, shading="random", train=True)["rgb"]
         self.random.restore(after)
         P = len(self.particles)
-        return self.guidance.encode_images(rgb).repeat(P, 1, 1, 1), prompts.cond(cams.view_idx.repeat(P))
+        cond = self.guidance.condition(prompts.cond(cams.view_idx.repeat(P)), cams)
+        return self.guidance.encode_images(rgb).repeat(P, 1, 1, 1), cond
 
     def _regularisers(self, outs: list[dict], step: int) -> dict[str, torch.Tensor]:
         tc, fine = self.cfg.trainer, self.cfg.fine

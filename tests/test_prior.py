@@ -1,4 +1,5 @@
-"""The embedded prior: caption encoding, the denoiser's plumbing, the guidance wrapper, its LoRA copy, training."""
+"""The embedded prior: caption encoding, the denoiser's plumbing, the camera condition, the guidance wrappers, the
+LoRA copy, training and the evaluation's pieces. v1 = 32 px text-only spec, v2 = 64 px with a camera input."""
 
 from __future__ import annotations
 
@@ -9,27 +10,44 @@ from pathlib import Path
 import pytest
 import torch
 
+from dreamgen.cameras import CameraConfig, make_cameras
 from dreamgen.errors import GuidanceLoadError, PromptError
 from dreamgen.prior.io import DEFAULT_WEIGHTS, load_prior, save_prior
-from dreamgen.prior.model import PriorSpec, ShapesPrior, count_parameters, denoise
+from dreamgen.prior.model import CAMERA_FEATURES, PriorSpec, ShapesPrior, count_parameters, denoise
 from dreamgen.world.captions import caption
-from dreamgen.world.objects import COLOURS, SHAPES
+from dreamgen.world.objects import COLOURS, FRONT_FEATURE_SHAPES, SHAPES
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = dict(block_out_channels=[32, 32, 32], layers_per_block=1, attention_head_dim=16, slot_dim=8)
+SPECS = {"v1": lambda: PriorSpec(**TINY), "v2": lambda: PriorSpec.v2(**TINY)}
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny networks: a thread pool only adds overhead
 
 
-def tiny_prior(seed: int = 0) -> ShapesPrior:
+def tiny_prior(seed: int = 0, version: str = "v1") -> ShapesPrior:
     torch.manual_seed(seed)
-    model = ShapesPrior(PriorSpec(**TINY))
+    model = ShapesPrior(SPECS[version]())
     # Random (not zero) output layers, so every input and condition reaches the output.
     torch.nn.init.normal_(model.unet.conv_out.weight, std=0.1)
     return model.eval()
 
 
+def cameras(azimuth: list[float], resolution: int = 32):
+    n = len(azimuth)
+    return make_cameras(torch.tensor(azimuth), torch.full((n,), 15.0), torch.full((n,), 1.75), torch.full((n,), 55.0),
+                        resolution, CameraConfig())
+
+
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory) -> Path:
-    return save_prior(tiny_prior(), tmp_path_factory.mktemp("prior") / "tiny.safetensors", {"note": "test"})
+def weights(tmp_path_factory) -> dict[str, Path]:
+    """Saved tiny priors, by version."""
+    folder = tmp_path_factory.mktemp("prior")
+    return {v: save_prior(tiny_prior(version=v), folder / f"tiny_{v}.safetensors", {"note": "test"}) for v in SPECS}
+
+
+@pytest.fixture(params=list(SPECS))
+def tiny_weights(request, weights) -> Path:
+    return weights[request.param]
 
 
 # ---- text ---------------------------------------------------------------------------------------------------------
@@ -62,16 +80,42 @@ def test_weights_without_a_colour_reject_it():
 
 
 # ---- denoiser ------------------------------------------------------------------------------------------------------
-def test_forward_shapes_and_default_size():
-    model = tiny_prior()
-    x = torch.randn(2, 3, 32, 32)
-    v = model(x, torch.tensor([0, 999]), model.encode_text(["a red cube", ""]))
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_forward_shapes_and_embedding_layout(version):
+    model = tiny_prior(version=version)
+    size = model.spec.image_size
+    x = torch.randn(2, 3, size, size)
+    emb = model.encode_text(["a red tv", ""])
+    v = model(x, torch.tensor([0, 999]), emb)
     assert v.shape == x.shape and torch.isfinite(v).all()
-    n = count_parameters(ShapesPrior(PriorSpec()))
-    assert 2e6 <= n <= 5e6  # fp16 export stays under 10 MB
+    camera_part = len(CAMERA_FEATURES) + 1 if version == "v2" else 0
+    assert (size, emb.shape[1]) == ((64, model.spec.cond_dim + camera_part) if version == "v2"
+                                    else (32, model.spec.cond_dim))
+    assert (model.camera_encoder is None) == (version == "v1")
 
 
-def test_denoise_unshuffles_to_patches_and_shuffles_back():
+def test_default_specs_fit_the_size_budget(tmp_path):
+    assert 2e6 <= count_parameters(ShapesPrior(PriorSpec())) <= 5e6  # v1
+    torch.manual_seed(0)
+    v2 = ShapesPrior(PriorSpec.v2())
+    assert (v2.spec.image_size, v2.spec.patch, v2.spec.camera_dim) == (64, 4, 4)
+    assert 2e6 <= count_parameters(v2) <= 5e6
+    weights = save_prior(v2, tmp_path / "v2.safetensors")
+    assert weights.stat().st_size <= 10 * 2**20
+
+
+def test_spec_rejects_inconsistent_sizes_and_loads_v1_files_as_text_only():
+    with pytest.raises(ValueError, match="camera_dim"):
+        PriorSpec(camera_dim=3)
+    with pytest.raises(ValueError, match="multiple of 16"):
+        PriorSpec.v2(image_size=40)
+    v1_file = PriorSpec().to_dict()
+    del v1_file["camera_dim"], v1_file["camera_distance"]  # keys that v1's shapes_prior.json does not have
+    assert PriorSpec.from_dict(v1_file).camera_dim == 0
+
+
+@pytest.mark.parametrize("patch,size", [(2, 32), (4, 64)])
+def test_denoise_unshuffles_to_patches_and_shuffles_back(patch, size):
     seen = {}
 
     class Echo(torch.nn.Module):
@@ -79,18 +123,41 @@ def test_denoise_unshuffles_to_patches_and_shuffles_back():
             seen["shape"] = tuple(h.shape)
             return type("Out", (), {"sample": h})()
 
-    x = torch.randn(2, 3, 32, 32)
-    out = denoise(Echo(), 2, x, torch.zeros(2, dtype=torch.long), torch.zeros(2, 4))
-    assert seen["shape"] == (2, 12, 16, 16)
+    x = torch.randn(2, 3, size, size)
+    out = denoise(Echo(), patch, x, torch.zeros(2, dtype=torch.long), torch.zeros(2, 4))
+    assert seen["shape"] == (2, 3 * patch * patch, 16, 16)  # either version: a 16×16 grid
     assert torch.equal(out, x)
 
 
-def test_conditioning_changes_the_prediction():
-    model = tiny_prior()
-    x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_conditioning_changes_the_prediction(version):
+    model = tiny_prior(version=version)
+    s = model.spec.image_size
+    x, t = torch.randn(1, 3, s, s), torch.tensor([500])
     a = model(x, t, model.encode_text(["a red cube"]))
     b = model(x, t, model.encode_text(["a red cube, back view"]))
     assert (a - b).abs().max() > 1e-4
+
+
+def test_null_camera_is_the_text_only_path_and_a_camera_changes_the_prediction():
+    model = tiny_prior(version="v2")
+    x, t = torch.randn(3, 3, 64, 64), torch.tensor([300, 300, 300])
+    text = model.encode_text(["a red house"] * 3)  # null camera
+    assert torch.equal(text[:, -1], torch.zeros(3))
+    feats = model.camera_features(torch.tensor([0.0, 180.0, 0.0]), torch.full((3,), 15.0),
+                                  torch.tensor([1.5, 1.75, 2.0]))
+    torch.testing.assert_close(feats[:, :2], torch.tensor([[0.0, 1.0], [0.0, -1.0], [0.0, 1.0]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(feats[:, 3], torch.tensor([-1.0, 0.0, 1.0]))
+    with_cam = model.fuse_camera(text, feats)
+    # Clearing the camera (explicitly, or by dropping it as training does) restores the text-only embedding.
+    assert torch.equal(model.fuse_camera(with_cam, None), text)
+    assert torch.equal(model.fuse_camera(text, feats, present=torch.zeros(3, dtype=torch.bool)), text)
+    v_text, v_cam = model(x, t, text), model(x, t, with_cam)
+    assert torch.equal(model.condition(text), model.condition(text)[:1].expand(3, -1))  # one null vector for all
+    assert (v_text - v_cam).abs().amax(dim=(1, 2, 3)).min() > 1e-4
+    assert (v_cam[0] - v_cam[1]).abs().max() > 1e-4  # front and back cameras differ
+    with pytest.raises(ValueError, match="no camera input"):
+        tiny_prior(version="v1").fuse_camera(text, feats)
 
 
 # ---- io and guidance -----------------------------------------------------------------------------------------------
@@ -98,7 +165,8 @@ def test_save_load_round_trip_is_fp16_and_offline(tiny_weights):
     spec = json.loads(tiny_weights.with_suffix(".json").read_text())
     assert spec["spec"]["block_out_channels"] == TINY["block_out_channels"] and spec["meta"] == {"note": "test"}
     loaded = load_prior(tiny_weights)
-    ref = tiny_prior()
+    ref = tiny_prior(version="v2" if spec["spec"]["camera_dim"] else "v1")
+    assert ref.state_dict().keys() == loaded.state_dict().keys()
     for (k, a), b in zip(ref.state_dict().items(), loaded.state_dict().values()):
         assert torch.equal(a.half().float(), b), k
 
@@ -125,22 +193,55 @@ def _guidance(path: Path):
 
 def test_guidance_interface(tiny_weights):
     g = _guidance(tiny_weights)
-    assert (g.image_size, g.latent_channels, g.num_train_timesteps) == (32, 3, 1000)
+    s = g.image_size
+    assert (g.latent_channels, g.num_train_timesteps) == (3, 1000) and s == g.prior.spec.image_size
     assert g.alphas_cumprod[0] > 0.999 and g.alphas_cumprod[-1] < 1e-6  # cosine schedule, SNR ≈ 0 at T−1
-    rgb = torch.rand(2, 64, 64, 3, requires_grad=True)
-    x = g.encode_images(rgb)
-    assert x.shape == (2, 3, 32, 32) and x.min() >= -1 and x.max() <= 1
-    x.sum().backward()
-    assert rgb.grad is not None and rgb.grad.abs().sum() > 0
-    flat = torch.full((1, 32, 32, 3), 0.25)
+    for render_size in (32, 96):  # renders are upsampled or downsampled to the prior's size
+        rgb = torch.rand(2, render_size, render_size, 3, requires_grad=True)
+        x = g.encode_images(rgb)
+        assert x.shape == (2, 3, s, s) and x.min() >= -1 and x.max() <= 1
+        x.sum().backward()
+        assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+    flat = torch.full((1, s, s, 3), 0.25)
     assert torch.allclose(g.decode(g.encode_images(flat)), flat, atol=1e-6)
     with pytest.raises(PromptError):
         g.encode_text(["a red dragon"])
+    emb = g.encode_text(["a red cube", ""])
+    assert torch.equal(g.condition(emb, cameras([0.0, 90.0])), emb)  # text only: cameras are ignored
+
+
+def test_camera_guidance_fuses_each_render_camera(weights):
+    from dreamgen.guidance.shapes import ShapesCamGuidance, ShapesCamGuidanceConfig
+
+    g = ShapesCamGuidance(ShapesCamGuidanceConfig(weights=str(weights["v2"])))
+    cams = cameras([0.0, 180.0])
+    cond = g.encode_text(["a red tv, front view", "a red tv, back view"])
+    uncond = g.encode_text([""]).expand(4, -1)  # 2 particles × 2 cameras, particle-major
+    fused = g.condition(uncond, cams)
+    feats = g.prior.camera_features(cams.azimuth, cams.elevation, cams.distance)
+    assert torch.equal(fused[:, -1], torch.ones(4)) and torch.equal(fused[:, :-1][:, -4:], feats.repeat(2, 1))
+    assert torch.equal(fused[:, :g.prior.spec.cond_dim], uncond[:, :g.prior.spec.cond_dim])  # the text is kept
+    x_t, t = torch.randn(2, 3, 64, 64), torch.tensor([400, 400])
+    eps_text, eps_cam = g.predict_noise(x_t, t, cond), g.predict_noise(x_t, t, g.condition(cond, cams))
+    assert (eps_text - eps_cam).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="tiled"):
+        g.condition(g.encode_text(["a red tv"] * 3), cams)
+
+
+def test_camera_guidance_needs_camera_weights(weights):
+    from dreamgen.guidance.shapes import ShapesCamGuidance, ShapesCamGuidanceConfig
+    from dreamgen.registry import lookup
+
+    assert lookup("guidance", "shapes-cam").cls is ShapesCamGuidance
+    with pytest.raises(GuidanceLoadError, match="camera condition") as e:
+        ShapesCamGuidance(ShapesCamGuidanceConfig(weights=str(weights["v1"])))
+    assert "\n" not in str(e.value) and "--guidance shapes" in str(e.value) and str(weights["v1"]) in str(e.value)
 
 
 def test_predict_noise_is_eps_from_v(tiny_weights):
     g = _guidance(tiny_weights)
-    x_t, t = torch.randn(2, 3, 32, 32), torch.tensor([10, 900])
+    s = g.image_size
+    x_t, t = torch.randn(2, 3, s, s), torch.tensor([10, 900])
     emb = g.encode_text(["a red cube", ""])
     v = g.prior(x_t, t, emb)
     ab = g.alphas_cumprod[t].view(-1, 1, 1, 1)
@@ -150,8 +251,12 @@ def test_predict_noise_is_eps_from_v(tiny_weights):
 def test_trainable_copy_starts_equal_and_trains_only_lora(tiny_weights):
     g = _guidance(tiny_weights)
     score = g.trainable_copy(lora_rank=2, camera_dim=16)
-    x_t, t = torch.randn(3, 3, 32, 32), torch.tensor([50, 400, 950])
+    s = g.image_size
+    x_t, t = torch.randn(3, 3, s, s), torch.tensor([50, 400, 950])
     emb = g.encode_text(["a red cube", "a blue torus, front view", ""])
+    if g.prior.spec.camera_dim:  # a shapes-cam embedding: the prior's own camera condition passes through too
+        emb = g.prior.fuse_camera(emb, g.prior.camera_features(*torch.tensor([[0.0, 90.0, 180.0], [15.0] * 3,
+                                                                              [1.75] * 3])))
     cam = torch.randn(3, 16)
     ref = g.predict_noise(x_t, t, emb)
     assert torch.allclose(score.predict_noise(x_t, t, emb, cam), ref, atol=1e-5)
@@ -212,7 +317,9 @@ def test_packaged_prior_denoises_a_red_cube_best_with_its_own_caption():
 def test_packaged_weights_are_small_and_describe_themselves():
     meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
     assert DEFAULT_WEIGHTS.stat().st_size <= 10 * 2**20
-    assert meta["spec"]["colours"] == list(COLOURS) and meta["spec"]["shapes"] == list(SHAPES)
+    shapes = meta["spec"]["shapes"]
+    # New world objects are appended, so older weights know a prefix of today's objects (v1: the first six).
+    assert meta["spec"]["colours"] == list(COLOURS) and len(shapes) >= 6 and shapes == list(SHAPES[:len(shapes)])
     assert meta["meta"]["steps"] > 0
 
 
@@ -224,26 +331,78 @@ def _train_main():
     return mod.main
 
 
-def test_train_script_runs_exports_and_resumes_exactly(tmp_path):
-    main = _train_main()
-    common = ["--device", "cpu", "--n-images", "12", "--batch-size", "2", "--sample-steps", "1", "--log-every", "1"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    main(common + ["--steps", "3", "--out", str(straight), "--export", str(straight / "w.safetensors")])
-    main(common + ["--steps", "2", "--out", str(split), "--export", ""])
-    main(common + ["--steps", "3", "--out", str(split), "--export", str(split / "w.safetensors")])
+COMMON = ["--preset", "tiny", "--device", "cpu", "--n-images", "8", "--batch-size", "2", "--log-every", "1"]
 
-    a = torch.load(straight / "checkpoint.pt", weights_only=False)
-    b = torch.load(split / "checkpoint.pt", weights_only=False)
-    assert a["step"] == b["step"] == 3
+
+def test_train_script_runs_exports_and_resumes_exactly(tmp_path, capsys):
+    main = _train_main()
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    no_grid = ["--sample-steps", "0"]
+    main(COMMON + no_grid + ["--steps", "3", "--out", str(straight), "--export", str(straight / "w.safetensors")])
+    main(COMMON + no_grid + ["--steps", "2", "--out", str(split), "--export", ""])
+    main(COMMON + ["--sample-steps", "1", "--steps", "3", "--out", str(split),
+                   "--export", str(split / "w.safetensors")])
+    log = capsys.readouterr().out
+    assert "resumed at step 2" in log and "step 3/3 loss" in log and "\r" not in log  # plain lines for a log file
+
+    a = torch.load(straight / "checkpoint.pt", weights_only=True)
+    b = torch.load(split / "checkpoint.pt", weights_only=True)
+    assert a["step"] == b["step"] == 3 and a["spec"]["camera_dim"] == 4
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
         assert torch.equal(a["ema"][k], b["ema"][k]), k
     steps = [json.loads(line)["step"] for line in (split / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]
     assert (split / "samples_000003.png").exists()
-    assert torch.equal(load_prior(straight / "w.safetensors").state_dict()["unet.conv_in.weight"],
-                       load_prior(split / "w.safetensors").state_dict()["unet.conv_in.weight"])
+    a_w, b_w = load_prior(straight / "w.safetensors"), load_prior(split / "w.safetensors")
+    assert a_w.spec.camera_dim == 4 and a_w.spec.image_size == 64
+    for k, v in a_w.state_dict().items():
+        assert torch.equal(v, b_w.state_dict()[k]), k
 
     with pytest.raises(SystemExit, match="different settings"):
-        main(["--device", "cpu", "--n-images", "24", "--batch-size", "2", "--steps", "4", "--out", str(split),
-              "--export", ""])
+        main(COMMON[:4] + ["--n-images", "16", "--batch-size", "2", "--steps", "4", "--out", str(split),
+                           "--export", "", "--sample-steps", "0"])
+
+
+def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
+    class Payload:  # what a crafted pickle could do on load
+        def __reduce__(self):
+            return (Path.touch, (tmp_path / "pwned",))
+
+    torch.save({"step": 1, "model": Payload()}, tmp_path / "checkpoint.pt")
+    with pytest.raises(SystemExit, match="cannot resume"):
+        _train_main()(COMMON + ["--steps", "1", "--out", str(tmp_path), "--export", "", "--sample-steps", "0"])
+    assert not (tmp_path / "pwned").exists()
+
+
+# ---- evaluation ----------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_eval_conditions_and_grid_layout(version):
+    from dreamgen.prior.evaluate import eval_rows, sample_grid
+
+    model = tiny_prior(version=version)
+    rows = eval_rows(model)
+    per_colour = len(SHAPES) + 2 * len(FRONT_FEATURE_SHAPES) * (2 if version == "v2" else 1)
+    assert len(rows) == len(COLOURS) * per_colour
+    assert rows[len(SHAPES):len(SHAPES) + 2] == [("a red house, front view", "red", "house", "front", None),
+                                                 ("a red house, back view", "red", "house", "back", None)]
+    assert sum(r[4] == 180.0 for r in rows) == (len(COLOURS) * len(FRONT_FEATURE_SHAPES) if version == "v2" else 0)
+    images = torch.zeros(len(rows), 3, 4, 4, 3, dtype=torch.uint8)
+    images[len(SHAPES), 1] = 255  # the red house's front view, second sample
+    out = sample_grid(images, len(COLOURS), per_row=2)
+    assert out.shape == (len(COLOURS) * 5 + 1, 2 * per_colour * 5 + 1, 3)  # one line per colour, 4 px + 1 px pad
+    assert (out[1:5, 1 + 5 * (2 * len(SHAPES) + 1):][:, :4] == 255).all()
+
+
+@pytest.mark.parametrize("resolution", [32, 64])
+def test_classifier_heads_and_facing_lookup(resolution):
+    from dreamgen.prior.evaluate import WorldClassifier, facing_of, front_facing
+
+    net = WorldClassifier(resolution, width=8)
+    c, s, f = net(torch.zeros(2, resolution, resolution, 3, dtype=torch.uint8))
+    assert (c.shape, s.shape, f.shape) == ((2, len(COLOURS)), (2, len(SHAPES)), (2, len(FRONT_FEATURE_SHAPES)))
+    facing = torch.tensor([[True, False, False], [False, False, True]])
+    shape_idx = torch.tensor([SHAPES.index("house"), SHAPES.index("arrow")])
+    assert facing_of(facing, shape_idx).tolist() == [True, True]
+    assert front_facing(torch.tensor([0.0, 89.0, 91.0, 180.0, -60.0, 300.0])).tolist() == [True, True, False, False,
+                                                                                           True, True]

@@ -6,12 +6,14 @@ import torch
 from dreamgen.cameras import VIEWS, CameraConfig, fov_to_focal, make_cameras
 from dreamgen.errors import PromptError
 from dreamgen.prompts import view_prompt
-from dreamgen.world import (COLOURS, SHAPES, VOCABULARY, albedo, caption, make_dataset, occupancy, parse_caption,
-                            render, sdf)
+from dreamgen.world import (COLOURS, FRONT_FEATURE_SHAPES, SHAPES, VARIANTS, VOCABULARY, albedo, caption, make_dataset,
+                            occupancy, parse_caption, render, sdf)
 from dreamgen.world.dataset import sample_azimuths
-from dreamgen.world.objects import (BOUND, CUBE_HALF, DOOR_COLOUR, HOUSE_BODY_HALF,
-                                    SPHERE_RADIUS, front_feature_albedo)
+from dreamgen.world.objects import (ARROW_HEAD_APEX, ARROW_HEAD_BASE, ARROW_HEAD_HALF, BOUND, CUBE_HALF, DOOR_COLOUR,
+                                    HOUSE_BODY_HALF, SCREEN_COLOUR, SPHERE_RADIUS, TV_BODY_HALF)
 from dreamgen.world.render import AMBIENT, CAMERA_LIGHT_TILT
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small renders: a thread pool only adds overhead
 
 
 def cams_at(az, el, dist, fov, res):
@@ -35,17 +37,53 @@ def test_sdf_exact_values():
     cone_pts = torch.tensor([[0.0, 0, h + 0.1], [0.0, 0, -h - 0.1], [r / 2 + 0.1 * n_r, 0, 0.1 * n_z]])
     torch.testing.assert_close(sdf("cone", cone_pts), torch.tensor([0.1, 0.1, 0.1]), atol=1e-5, rtol=0)
     torch.testing.assert_close(sdf("house", p[4:]), torch.tensor([0.6]))
+    # TV: above its top (z = 0.37), in front of its screen (x = 0.06), below its foot (z = −0.41).
+    tv_pts = torch.tensor([[0.0, 0, 1], [1.0, 0, 0.1], [0.0, 0, -1]])
+    torch.testing.assert_close(sdf("tv", tv_pts), torch.tensor([0.63, 0.94, 0.59]))
+    # Arrow: behind the blunt end (x = −0.58) exact; 0.1 out along the normal of a slanted head face (a plane of
+    # the intersection, so exact there); beyond the apex a lower bound of the true distance.
+    length, half = ARROW_HEAD_APEX - ARROW_HEAD_BASE, ARROW_HEAD_HALF
+    n_x, n_y = half / math.hypot(length, half), length / math.hypot(length, half)
+    mid = (ARROW_HEAD_BASE + ARROW_HEAD_APEX) / 2
+    arrow = sdf("arrow", torch.tensor([[-1.0, 0, 0], [mid + 0.1 * n_x, half / 2 + 0.1 * n_y, 0], [1.0, 0, 0]]))
+    torch.testing.assert_close(arrow[:2], torch.tensor([0.42, 0.1]))
+    assert 0 < arrow[2] <= 1.0 - ARROW_HEAD_APEX
 
 
+def test_variants_fold_the_object_across_its_front_back_plane():
+    far_front, far_back = torch.tensor([[1.0, 0, 0]]), torch.tensor([[-1.0, 0, 0]])
+    # two_faced: the head (front) on both ends; faceless: the blunt end (back) on both.
+    torch.testing.assert_close(sdf("arrow", far_back, "two_faced"), sdf("arrow", far_front))
+    torch.testing.assert_close(sdf("arrow", far_front, "faceless"), sdf("arrow", far_back))
+    torch.testing.assert_close(sdf("arrow", far_front, "two_faced"), sdf("arrow", far_front))
+    assert not torch.allclose(sdf("arrow", far_front), sdf("arrow", far_back))  # a geometric front
+    with pytest.raises(ValueError, match="known variants"):
+        sdf("arrow", far_front, "backwards")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_sdf_is_1_lipschitz_and_bounded(shape):
+def test_sdf_is_1_lipschitz_and_bounded(shape, variant):
     g = torch.Generator().manual_seed(0)
     p = torch.rand(4000, 3, generator=g) * 2 - 1
     q = p + 0.05 * torch.randn(4000, 3, generator=g)
-    assert ((sdf(shape, p) - sdf(shape, q)).abs() <= (p - q).norm(dim=-1) + 1e-5).all()
-    inside = occupancy(shape, p)
+    assert ((sdf(shape, p, variant) - sdf(shape, q, variant)).abs() <= (p - q).norm(dim=-1) + 1e-5).all()
+    inside = occupancy(shape, p, variant)
     assert inside.any() and (p[inside].norm(dim=-1) < BOUND).all()
-    assert (occupancy(shape, torch.zeros(1, 3)) == (shape != "torus")).all()
+    assert (occupancy(shape, torch.zeros(1, 3), variant) == (shape != "torus")).all()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_sdf_lower_bounds_the_distance_to_the_surface(shape):
+    # Sphere tracing is safe when |sdf(p)| ≤ the distance from p to the surface: the ball of radius |sdf(p)| around
+    # p must hold no point of the other sign.
+    g = torch.Generator().manual_seed(1)
+    p = torch.rand(300, 3, generator=g) * 1.6 - 0.8
+    d = sdf(shape, p).abs()
+    dirs = torch.nn.functional.normalize(torch.randn(300, 64, 3, generator=g), dim=-1)
+    q = p[:, None] + 0.999 * d[:, None, None] * dirs * torch.rand(300, 64, 1, generator=g)
+    same_sign = (sdf(shape, q.reshape(-1, 3)).reshape(300, 64) < 0) == (sdf(shape, p) < 0)[:, None]
+    assert same_sign.all()
 
 
 def test_unknown_names_raise():
@@ -55,11 +93,22 @@ def test_unknown_names_raise():
         albedo("cube", "mauve", torch.zeros(1, 3))
 
 
-def test_house_features_on_front_only():
-    x = HOUSE_BODY_HALF[0]
-    door_front, door_back = torch.tensor([[x, 0.0, -0.3]]), torch.tensor([[-x, 0.0, -0.3]])
-    torch.testing.assert_close(albedo("house", "green", door_front)[0], torch.tensor(DOOR_COLOUR))
-    torch.testing.assert_close(albedo("house", "green", door_back)[0], torch.tensor(COLOURS["green"]))
+@pytest.mark.parametrize("shape,x,z,paint", [("house", HOUSE_BODY_HALF[0], -0.3, DOOR_COLOUR),
+                                              ("tv", TV_BODY_HALF[0], 0.1, SCREEN_COLOUR)])
+def test_painted_features_on_front_only_and_their_variants(shape, x, z, paint):
+    front, back = torch.tensor([[x, 0.0, z]]), torch.tensor([[-x, 0.0, z]])
+    green, paint = torch.tensor(COLOURS["green"]), torch.tensor(paint)
+    expected = {"true": (paint, green), "two_faced": (paint, paint), "faceless": (green, green)}
+    for variant, (on_front, on_back) in expected.items():
+        torch.testing.assert_close(albedo(shape, "green", front, variant)[0], on_front)
+        torch.testing.assert_close(albedo(shape, "green", back, variant)[0], on_back)
+    # Only the paint tells front from back: the geometry is mirror-symmetric in x.
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(2000, 3, generator=g) * 1.4 - 0.7
+    torch.testing.assert_close(sdf(shape, p), sdf(shape, p * torch.tensor([-1.0, 1.0, 1.0])))
+
+
+def test_colours_are_separated_and_contrast_with_the_background():
     assert len(COLOURS) >= 8
     rgb = torch.tensor(list(COLOURS.values()))
     assert torch.cdist(rgb, rgb).add(torch.eye(len(rgb))).min() > 0.25  # well separated
@@ -100,6 +149,29 @@ def test_supersampling_keeps_coverage_and_range():
     assert (rgb1 - rgb2).abs().mean() < 0.03
 
 
+@pytest.mark.parametrize("shape", FRONT_FEATURE_SHAPES)
+def test_variants_are_mirror_symmetric_and_the_true_object_is_not(shape):
+    # Seen from φ and from 180° − φ (flipped left-right), a variant looks the same up to a few silhouette pixels
+    # (grazing rays); the true object does not.
+    cams = cams_at([160.0, 20.0], [15.0, 15.0], 1.75, 55.0, 32)
+    for variant in VARIANTS:
+        rgb = render(shape, "cyan", cams, variant=variant)[0]
+        differ = ((rgb[0] - rgb[1].flip(1)).abs().amax(-1) > 0.15).sum()
+        assert differ >= 30 if variant == "true" else differ <= 5, variant
+    if shape != "arrow":  # symmetric geometry: the two-faced back is the true front, mirrored
+        two_faced, true = render(shape, "cyan", cams, variant="two_faced")[0], render(shape, "cyan", cams)[0]
+        assert (two_faced[0] - true[1].flip(1)).abs().mean() < 0.01
+
+
+def test_arrow_head_is_wider_than_its_blunt_end():
+    masks = render("arrow", "red", cams_at([0.0, 180.0], [0.0, 0.0], 1.75, 55.0, 48))[1]
+    faceless = render("arrow", "red", cams_at([0.0], [0.0], 1.75, 55.0, 48), variant="faceless")[1]
+    # Head-on, the head's base (0.48 wide) hides the bar (0.2) from both ends: (0.48 / 0.2)² ≈ 5.8× the area of the
+    # faceless bar's end, less the perspective (the bar's end is 0.5 nearer the camera): ≈ 2.5× at 48 px.
+    areas = masks.flatten(1).sum(1).float()
+    assert (areas > 2 * faceless.sum()).all()
+
+
 def test_house_front_back_and_mirror_identity():
     rgb, _, _ = render("house", "yellow", cams_at([0.0, 180.0], [10.0, 10.0], 1.6, 50.0, 48))
     # The door would be shaded like the wall it is on: normal ±x facing the camera, light tilted up from it.
@@ -108,11 +180,8 @@ def test_house_front_back_and_mirror_identity():
     door = torch.tensor(DOOR_COLOUR) * (AMBIENT + (1 - AMBIENT) * n_dot_l)
     door_pixels = ((rgb - door).abs().amax(-1) < 0.02).flatten(1).sum(1)
     assert door_pixels[0] > 10 and door_pixels[1] == 0
-    # A two-faced house seen from φ equals the true house seen from 180° − φ, mirrored left-right.
-    two_faced = lambda p, base: front_feature_albedo(p, albedo("house", base, p), -1.0)  # noqa: E731
-    back = render("house", "yellow", cams_at([160.0], [15.0], 1.75, 55.0, 48), albedo_fn=two_faced)[0]
-    mirrored = render("house", "yellow", cams_at([20.0], [15.0], 1.75, 55.0, 48))[0].flip(2)
-    assert (back - mirrored).abs().mean() < 0.01
+    two_faced = render("house", "yellow", cams_at([180.0], [10.0], 1.6, 50.0, 48), variant="two_faced")[0]
+    assert ((two_faced - door).abs().amax(-1) < 0.02).sum() == door_pixels[0]
 
 
 def test_render_rgb_colours_per_camera():
@@ -173,14 +242,14 @@ def test_dataset_reproducible_balanced_and_consistent():
         assert view == (VIEWS[a.view_idx[i]] if a.has_view[i] else None)
     assert 0.3 < a.has_view.float().mean() < 0.7
     assert (a.images.float().mean((1, 2, 3)) < 250).all()  # every image shows an object on white
+    assert (a.distance >= 1.5).all() and (a.distance <= 2.0).all() and a.distance.std() > 0.05
 
 
-def test_house_azimuths_are_front_biased():
+def test_front_feature_azimuths_are_front_biased():
     g = torch.Generator().manual_seed(0)
-    house, cube = SHAPES.index("house"), SHAPES.index("cube")
-    idx = torch.tensor([house] * 4000 + [cube] * 4000)
+    idx = torch.tensor([SHAPES.index(s) for s in FRONT_FEATURE_SHAPES] * 2000 + [SHAPES.index("cube")] * 4000)
     az = sample_azimuths(idx, g, CameraConfig(), front_bias=0.7)
     assert (az.abs() <= 180).all()
     front = az.abs() <= 45
-    assert abs(front[:4000].float().mean() - 0.7) < 0.03
-    assert abs(front[4000:].float().mean() - 0.25) < 0.03  # uniform for symmetric shapes
+    assert abs(front[:-4000].float().mean() - 0.7) < 0.03
+    assert abs(front[-4000:].float().mean() - 0.25) < 0.03  # uniform for symmetric shapes

@@ -2,25 +2,25 @@ import pytest
 import torch
 
 from dreamgen.cameras import CameraConfig, CameraSampler
-from dreamgen.world import (SHAPES, Alignment, albedo, evaluate, foreground_colour_error, janus_score, occupancy,
-                            render, silhouette_iou, transform_cameras, volumetric_iou)
+from dreamgen.world import (FRONT_FEATURE_SHAPES, SHAPES, Alignment, evaluate, foreground_colour_error,
+                            front_feature_score, janus_score, occupancy, render, silhouette_iou, transform_cameras,
+                            volumetric_iou)
 from dreamgen.world.metrics import align_by_occupancy, align_by_silhouette
-from dreamgen.world.objects import SPHERE_RADIUS, front_feature_albedo
+from dreamgen.world.objects import SPHERE_RADIUS
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small renders: a thread pool only adds overhead
 
 
-def gt_result(shape, colour="red", scale=1.0, offset=(0.0, 0.0, 0.0), albedo_fn=None, gain=1.0):
-    """A 'text-to-3D result' that is the true object mapped by p -> scale·p + offset (render_fn, occ_fn)."""
+def gt_result(shape, colour="red", scale=1.0, offset=(0.0, 0.0, 0.0), variant="true", gain=1.0):
+    """A 'text-to-3D result' that is the object (or a variant of it) mapped by p -> scale·p + offset
+    (render_fn, occ_fn)."""
     c = torch.tensor(offset)
 
     def render_fn(cams):
-        rgb, mask, _ = render(shape, colour, transform_cameras(cams, 1 / scale, -c / scale), albedo_fn=albedo_fn)
+        rgb, mask, _ = render(shape, colour, transform_cameras(cams, 1 / scale, -c / scale), variant=variant)
         return rgb * gain, mask.float()
 
-    return render_fn, (lambda p: occupancy(shape, (p - c) / scale))
-
-
-def two_faced(p, base):
-    return front_feature_albedo(p, albedo("house", base, p), -1.0)
+    return render_fn, (lambda p: occupancy(shape, (p - c) / scale, variant))
 
 
 def test_silhouette_iou_and_colour_error_values():
@@ -60,11 +60,12 @@ def test_ground_truth_scores_perfectly(shape):
     assert r["volumetric_iou"] == pytest.approx(1.0, abs=0.01)
     assert r["colour_error"] < 0.01
     assert r["rank1"] and max(r["shape_scores"], key=r["shape_scores"].get) == shape
-    assert r["janus"] == (0.0 if shape == "house" else None)
+    has_front = shape in FRONT_FEATURE_SHAPES
+    assert (r["janus"], r["front_feature"]) == ((0.0, 1.0) if has_front else (None, None))
 
 
 @pytest.mark.parametrize("shape,use_occ", [("sphere", False), ("cube", False), ("cone", True), ("torus", True),
-                                           ("house", False), ("cylinder", True)])
+                                           ("house", False), ("cylinder", True), ("tv", True), ("arrow", False)])
 def test_rescaled_shifted_result_ranks_its_true_shape_first(shape, use_occ):
     render_fn, occ_fn = gt_result(shape, scale=0.85, offset=(0.05, 0.03, -0.04))
     r = evaluate(render_fn, occ_fn if use_occ else None, f"a green {shape}", n_views=4, resolution=32)
@@ -81,17 +82,26 @@ def test_sphere_result_is_not_a_cube():
     assert r["shape_scores"]["sphere"] > r["shape_scores"]["cube"]
 
 
-def test_janus_detector_flags_two_faced_house_only():
-    for gain in (1.0, 0.7):  # a darker result must not change the verdict
-        true_fn, _ = gt_result("house", "orange", gain=gain)
-        janus_fn, _ = gt_result("house", "orange", albedo_fn=two_faced, gain=gain)
-        true_score = janus_score(true_fn, "orange", resolution=32)
-        janus = janus_score(janus_fn, "orange", resolution=32)
-        assert true_score["score"] == 0.0 and all(s < 0.5 for s in true_score["soft"])
-        assert janus["score"] == 1.0 and len(janus["flags"]) == 4
-    # Through evaluate, with a rescaled two-faced house.
-    render_fn, occ_fn = gt_result("house", "purple", scale=1.1, offset=(0.02, 0.0, 0.03), albedo_fn=two_faced)
-    r = evaluate(render_fn, occ_fn, "a purple house", n_views=4, resolution=32)
-    assert r["janus"] == 1.0 and r["rank1"]
+@pytest.mark.parametrize("shape", FRONT_FEATURE_SHAPES)
+def test_janus_and_front_feature_scores_tell_the_variants_apart(shape):
+    # (janus, front_feature) per variant: the truth keeps its front and a plain back; the two-faced object shows its
+    # front from behind as well; the faceless one shows its front nowhere.
+    expected = {"true": (0.0, 1.0), "two_faced": (1.0, 1.0), "faceless": (0.0, 0.0)}
+    for variant, (janus, front) in expected.items():
+        for gain in (1.0, 0.7):  # a darker result must not change the verdict
+            render_fn, _ = gt_result(shape, "orange", variant=variant, gain=gain)
+            j = janus_score(render_fn, "orange", shape, resolution=32)
+            f = front_feature_score(render_fn, "orange", shape, resolution=32)
+            assert (j["score"], f["score"]) == (janus, front), (variant, gain)
+            assert len(j["flags"]) == len(f["shown"]) == 4
+            assert all((s > 0.5) == bool(janus) for s in j["soft"]) and all((s > 0.5) == bool(front) for s in f["soft"])
+
+
+def test_evaluate_scores_a_rescaled_two_faced_result():
+    render_fn, occ_fn = gt_result("tv", "purple", scale=1.1, offset=(0.02, 0.0, 0.03), variant="two_faced")
+    r = evaluate(render_fn, occ_fn, "a purple tv", n_views=4, resolution=32)
+    assert (r["janus"], r["front_feature"]) == (1.0, 1.0) and r["rank1"]
     with pytest.raises(ValueError, match="front"):
-        janus_score(true_fn, "orange", shape="cube")
+        janus_score(render_fn, "orange", shape="cube")
+    with pytest.raises(ValueError, match="front"):
+        front_feature_score(render_fn, "orange", shape="torus")

@@ -7,8 +7,13 @@ touch diffusers objects directly, so every loss works with every guidance.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from dreamgen.cameras import Cameras
 
 
 class Guidance(nn.Module):
@@ -51,6 +56,16 @@ class Guidance(nn.Module):
         Raises :class:`dreamgen.errors.PromptError` for prompts the model cannot encode.
         """
         raise NotImplementedError
+
+    def condition(self, emb: Tensor, cameras: "Cameras") -> Tensor:
+        """Embeddings for renders seen by ``cameras``: emb [N,...] with N = k·len(cameras), rows particle-major (the
+        cameras tiled k times, like ``LossInput.x``) -> [N,...], the layout ``encode_text`` returns.
+
+        The identity for text-only guidance. A camera-conditioned one (``shapes-cam``) writes each row's camera into
+        its embedding. Apply it to the unconditional rows as well as the conditional ones, so that classifier-free
+        guidance's direction stays the text.
+        """
+        return emb
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor) -> Tensor:
         """ε-prediction. x_t: [B,C,h,w], t: [B] long in [0,T), text_emb: [B,...] -> eps: [B,C,h,w].

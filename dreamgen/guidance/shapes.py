@@ -1,9 +1,15 @@
-"""The embedded prior (``--guidance shapes``): a 32×32 pixel-space diffusion model of the procedural world.
+"""The embedded prior: a small pixel-space diffusion model of the procedural world, two guidance modes.
+
+- ``--guidance shapes``: text only (the prior's null camera). Its training photos are front-biased, so this is the
+  Janus-prone setting.
+- ``--guidance shapes-cam``: the same model told each render's camera (azimuth relative to the object's front,
+  elevation, distance) through :meth:`ShapesCamGuidance.condition`; needs weights with a camera input (v2).
 
 It runs offline on a CPU from package data (``dreamgen/assets/shapes_prior.{safetensors,json}``, trained by
-``scripts/train_prior.py``). Its space is RGB in [-1,1] at 32×32, so ``encode_images`` is a differentiable
-antialiased resize. Prompts are world captions ("a red cube", "a red cube, front view"); words outside the world's
-vocabulary are a :class:`PromptError`. The model predicts v; ``predict_noise`` returns ε = a_t·v + s_t·x_t.
+``scripts/train_prior.py``). Its space is RGB in [-1,1] at the prior's size (32×32 for v1, 64×64 for v2), so
+``encode_images`` is a differentiable antialiased resize. Prompts are world captions ("a red cube", "a red cube,
+front view"); words outside the world's vocabulary are a :class:`PromptError`. The model predicts v;
+``predict_noise`` returns ε = a_t·v + s_t·x_t.
 """
 
 from __future__ import annotations
@@ -15,9 +21,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dreamgen.cameras import Cameras
+from dreamgen.errors import GuidanceLoadError
 from dreamgen.guidance.base import Guidance, LoRAScore
-from dreamgen.prior.io import load_prior
-from dreamgen.prior.model import denoise, v_to_eps
+from dreamgen.prior.io import DEFAULT_WEIGHTS, load_prior
+from dreamgen.prior.model import ShapesPrior, denoise, v_to_eps
 from dreamgen.registry import register
 from dreamgen.world.captions import parse_caption
 
@@ -31,6 +39,12 @@ class ShapesGuidanceConfig:
     weights: str = ""  # shapes_prior.safetensors path (its .json beside it); "" = the packaged weights
 
 
+@dataclass
+class ShapesCamGuidanceConfig:
+    name: str = "shapes-cam"
+    weights: str = ""  # as for "shapes"; the weights must have a camera input (camera_dim > 0)
+
+
 def _schedule(ac: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
     """(a_t, s_t) shaped [B,1,1,1] for ε/x0 conversions."""
     ab = ac[t].reshape(-1, 1, 1, 1).to(like.dtype)
@@ -38,7 +52,7 @@ def _schedule(ac: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @register("guidance", "shapes", config=ShapesGuidanceConfig, family="prior",
-          summary="embedded 32×32 prior of the procedural world (offline, CPU; colours × shapes × views)")
+          summary="embedded prior of the procedural world, text only (offline, CPU; colours × shapes × views)")
 class ShapesGuidance(Guidance):
     def __init__(self, cfg: ShapesGuidanceConfig | None = None, device: str | torch.device = "cpu"):
         super().__init__()
@@ -56,7 +70,8 @@ class ShapesGuidance(Guidance):
         parse_caption(prompt)  # PromptError naming the unknown word and listing the vocabulary
 
     def encode_images(self, rgb: Tensor) -> Tensor:
-        """rgb [B,H,W,3] in [0,1] -> x [B,3,32,32] in [-1,1] (antialiased bilinear resize, differentiable)."""
+        """rgb [B,H,W,3] in [0,1] -> x [B,3,S,S] in [-1,1], S the prior's size (bilinear resize, antialiased when
+        shrinking, differentiable; 32-px renders are upsampled for a 64-px prior)."""
         x = rgb.permute(0, 3, 1, 2)
         s = self.image_size
         if x.shape[-2:] != (s, s):
@@ -64,12 +79,12 @@ class ShapesGuidance(Guidance):
         return x * 2 - 1
 
     def decode(self, x: Tensor) -> Tensor:
-        """x [B,3,32,32] -> rgb [B,32,32,3] in [0,1]."""
+        """x [B,3,S,S] -> rgb [B,S,S,3] in [0,1]."""
         return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
 
     @torch.no_grad()
     def encode_text(self, prompts: list[str]) -> Tensor:
-        """prompts -> [N, cond_dim]; "" is the learned null condition."""
+        """prompts -> [N, emb_dim] (the prior's layout, null camera); "" is the learned null condition."""
         return self.prior.encode_text(prompts)
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor) -> Tensor:
@@ -77,38 +92,62 @@ class ShapesGuidance(Guidance):
         return v_to_eps(v, x_t, *_schedule(self.alphas_cumprod, t, x_t))
 
     def trainable_copy(self, lora_rank: int, camera_dim: int = 16) -> "ShapesLoRAScore":
-        return ShapesLoRAScore(copy.deepcopy(self.prior.unet), self.prior.spec.patch, self.alphas_cumprod,
-                               lora_rank, camera_dim)
+        return ShapesLoRAScore(copy.deepcopy(self.prior), self.alphas_cumprod, lora_rank, camera_dim)
+
+
+@register("guidance", "shapes-cam", config=ShapesCamGuidanceConfig, family="prior",
+          summary="the embedded prior told each render's camera (v2 weights; against the Janus artefact)")
+class ShapesCamGuidance(ShapesGuidance):
+    """The embedded prior conditioned on the camera of each render: :meth:`condition` writes the camera (relative
+    to the object's front, which faces +x) into the embeddings; everything else is ``shapes``."""
+
+    def __init__(self, cfg: ShapesCamGuidanceConfig | None = None, device: str | torch.device = "cpu"):
+        super().__init__(cfg or ShapesCamGuidanceConfig(), device)
+        if not self.prior.spec.camera_dim:
+            raise GuidanceLoadError(
+                f"--guidance shapes-cam needs prior weights with a camera condition, and "
+                f"{self.cfg.weights or DEFAULT_WEIGHTS} have none (a text-only v1 prior): train v2 weights with "
+                f"`python scripts/train_prior.py --preset v2` or use --guidance shapes")
+
+    def condition(self, emb: Tensor, cameras: Cameras) -> Tensor:
+        """emb [k·B, emb_dim] (rows particle-major) and B cameras -> the same rows with their camera fused."""
+        n, b = emb.shape[0], len(cameras)
+        if n % b:
+            raise ValueError(f"{n} embedding rows for {b} cameras: expected the cameras tiled a whole number of times")
+        feats = self.prior.camera_features(cameras.azimuth, cameras.elevation, cameras.distance)  # [B,camera_dim]
+        return self.prior.fuse_camera(emb, feats.repeat(n // b, 1))
 
 
 class ShapesLoRAScore(LoRAScore):
-    """ε_ψ(x_t, t, y, c): a frozen copy of the prior's UNet + peft LoRA on its resnet/attention layers + a camera MLP
-    whose output is added to the text condition.
+    """ε_ψ(x_t, t, y, c): a frozen copy of the prior + peft LoRA on its UNet's resnet/attention layers + a camera MLP
+    whose output is added to the prior's conditioning vector (text, and the prior's own camera for v2 embeddings).
 
     The camera MLP's last layer and the LoRA B matrices start at zero, so ε_ψ equals the frozen prior's ε at
-    initialisation for every camera. As in the Stable Diffusion score, the UNet is not a registered submodule, so
-    ``state_dict`` holds only the trainable LoRA and camera weights.
+    initialisation for every camera. As in the Stable Diffusion score, the prior (UNet included) is not a registered
+    submodule, so ``state_dict`` holds only the trainable LoRA and camera weights.
     """
 
-    def __init__(self, unet: nn.Module, patch: int, alphas_cumprod: Tensor, lora_rank: int, camera_dim: int):
+    def __init__(self, prior: ShapesPrior, alphas_cumprod: Tensor, lora_rank: int, camera_dim: int):
         super().__init__()
         from peft import LoraConfig, inject_adapter_in_model
 
         if lora_rank < 1:
             raise ValueError(f"lora_rank must be >= 1, got {lora_rank}")
-        unet.requires_grad_(False)
-        inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS), unet)
-        self.adopt_unet(unet, alphas_cumprod, camera_dim)
+        prior.requires_grad_(False).eval()
+        inject_adapter_in_model(LoraConfig(r=lora_rank, lora_alpha=lora_rank, target_modules=LORA_TARGETS),
+                                prior.unet)
+        self.adopt_unet(prior.unet, alphas_cumprod, camera_dim)
+        self._prior = (prior,)  # hidden from registration, like the UNet: frozen, never checkpointed
         self.lora_layers.requires_grad_(True)
-        cond_dim = unet.time_embedding.linear_2.out_features
+        cond_dim = prior.spec.cond_dim
         self.camera_mlp = nn.Sequential(nn.Linear(camera_dim, cond_dim), nn.SiLU(),
                                         nn.Linear(cond_dim, cond_dim)).to(alphas_cumprod.device)
         nn.init.zeros_(self.camera_mlp[2].weight)
         nn.init.zeros_(self.camera_mlp[2].bias)
-        self.patch = patch
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor, camera: Tensor | None) -> Tensor:
-        """x_t [B,3,32,32], t [B], text_emb [B,cond_dim], camera [B,camera_dim] or None (null camera) -> ε."""
-        cond = text_emb + self.camera_mlp(self.camera_or_null(camera, x_t))
-        v = denoise(self.unet, self.patch, x_t, t, cond)
+        """x_t [B,3,S,S], t [B], text_emb [B,emb_dim], camera [B,camera_dim] or None (null camera) -> ε."""
+        prior = self._prior[0]
+        cond = prior.condition(text_emb) + self.camera_mlp(self.camera_or_null(camera, x_t))
+        v = denoise(self.unet, prior.spec.patch, x_t, t, cond)
         return v_to_eps(v, x_t, *_schedule(self.alphas_cumprod, t, x_t))

@@ -1,13 +1,17 @@
-"""Does the embedded prior draw what its captions say? (``scripts/eval_prior.py``)
+"""Does the embedded prior draw what its captions (and cameras) say? (``scripts/eval_prior.py``)
 
-Classifier: a small CNN trained here, in seconds on a GPU, on ground-truth renders (:func:`make_dataset` with seeds
-far from the training seed, so cameras are drawn as in training), with three heads: colour, object, and "door
-facing the camera" (houses only; the camera's azimuth is within 90° of the door wall's normal). A 1-nearest-neighbour
-classifier in pixel space was tried first and rejected: on held-out GT renders it got colours right 96% of the time
-and the house's facing 81% (the door is a few pixels; pose dominates L2). The CNN's own accuracy on held-out GT
-renders is reported beside the prior's (``classifier_gt``): trust the prior's numbers only as far as those are ≈ 1.
+Classifier: a small CNN trained here, in seconds on a GPU, on ground-truth renders at the prior's resolution
+(:func:`make_dataset` with seeds far from the training seed, so cameras are drawn as in training), with three heads:
+colour, object, and for each front-feature shape (house, tv, arrow) "front feature facing the camera" (the camera's
+azimuth is within 90° of the front's normal, +x). A 1-nearest-neighbour classifier in pixel space was tried first
+and rejected: on held-out GT renders it got colours right 96% of the time and the house's facing 81% (the door is a
+few pixels; pose dominates L2). The CNN's own accuracy on held-out GT renders is reported beside the prior's
+(``classifier_gt``): trust the prior's numbers only as far as those are ≈ 1.
 
-Door check: "a {colour} house, front view" samples must be classified door-facing, "..., back view" ones not.
+Checks, per colour: every "a {colour} {object}" (colour and object accuracy); for each front-feature shape, the
+"..., front view" samples must be classified facing and the "..., back view" ones not; with a camera input (v2),
+the plain caption sampled with the camera at azimuth 0 must face and at 180° must not (at the eval orbit's
+elevation and distance).
 """
 
 from __future__ import annotations
@@ -21,74 +25,94 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamgen.cameras import wrap_degrees
+from dreamgen.cameras import CameraConfig, wrap_degrees
 from dreamgen.prior.model import ShapesPrior
 from dreamgen.prior.sample import grid, sample, to_uint8
 from dreamgen.world.captions import caption
 from dreamgen.world.dataset import WorldDataset, make_dataset
-from dreamgen.world.objects import COLOURS, SHAPES
+from dreamgen.world.objects import COLOURS, FRONT_FEATURE_SHAPES, SHAPES
 
 COLOUR_NAMES = list(COLOURS)
-HOUSE = SHAPES.index("house")
+# Facing head of each shape (−1: no front).
+FRONT_INDEX = torch.tensor([FRONT_FEATURE_SHAPES.index(s) if s in FRONT_FEATURE_SHAPES else -1 for s in SHAPES])
 CLASSIFIER_SEED = 1_000_003  # far from training seeds, so the classifier's data is not the prior's training set
 
 
-def door_facing(azimuth: Tensor) -> Tensor:
-    """bool [N]: a camera at this azimuth (deg) is on the door's side of the house (door wall normal = +x)."""
+def front_facing(azimuth: Tensor) -> Tensor:
+    """bool [N]: a camera at this azimuth (deg) is on the front's side of the object (front normal = +x)."""
     return wrap_degrees(azimuth).abs() < 90.0
 
 
 class WorldClassifier(nn.Module):
-    """uint8 [B,32,32,3] -> logits (colour [B,8], object [B,6], door [B]); conv net 32 → 16 → 8, then an MLP."""
+    """uint8 [B,S,S,3] -> logits (colour [B,8], object [B,len(SHAPES)], facing [B,len(FRONT_FEATURE_SHAPES)]);
+    facing[:, i] is read only for images of the i-th front-feature shape. Convs halve S down to 8×8, then an MLP
+    (at S = 32: 32 → 16 → 8, the v1 classifier)."""
 
-    def __init__(self, width: int = 48):
+    def __init__(self, resolution: int = 32, width: int = 48):
         super().__init__()
+        halvings = int(math.log2(resolution // 8))
+        if resolution != 8 * 2**halvings:
+            raise ValueError(f"the classifier needs a resolution of 8·2^k, got {resolution}")
         w = width
 
         def block(cin: int, cout: int, stride: int) -> nn.Module:
             return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.GroupNorm(8, cout), nn.SiLU())
 
-        self.features = nn.Sequential(block(3, w, 1), block(w, w, 1), block(w, 2 * w, 2), block(2 * w, 2 * w, 1),
-                                      block(2 * w, 2 * w, 2), nn.Flatten(), nn.Linear(2 * w * 64, 256), nn.SiLU())
-        self.heads = nn.Linear(256, len(COLOURS) + len(SHAPES) + 1)
+        layers, c = [block(3, w, 1), block(w, w, 1)], w
+        for i in range(halvings):
+            layers.append(block(c, 2 * w, 2))
+            c = 2 * w
+            if i < halvings - 1:
+                layers.append(block(c, c, 1))
+        self.resolution = resolution
+        self.features = nn.Sequential(*layers, nn.Flatten(), nn.Linear(c * 64, 256), nn.SiLU())
+        self.heads = nn.Linear(256, len(COLOURS) + len(SHAPES) + len(FRONT_FEATURE_SHAPES))
 
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         x = images.permute(0, 3, 1, 2).float() / 127.5 - 1
         out = self.heads(self.features(x))
         nc, ns = len(COLOURS), len(SHAPES)
-        return out[:, :nc], out[:, nc:nc + ns], out[:, -1]
+        return out[:, :nc], out[:, nc:nc + ns], out[:, nc + ns:]
 
     @torch.no_grad()
     def predict(self, images: Tensor, batch: int = 1024) -> tuple[Tensor, Tensor, Tensor]:
-        """-> colour_idx [B], shape_idx [B], door-facing bool [B] (on the classifier's device)."""
+        """-> colour_idx [B], shape_idx [B], facing bool [B, len(FRONT_FEATURE_SHAPES)] (on the CPU)."""
         self.eval()
         dev = self.heads.weight.device
         outs = [self(images[i:i + batch].to(dev)) for i in range(0, len(images), batch)]
-        c, s, d = (torch.cat(o) for o in zip(*outs))
-        return c.argmax(1), s.argmax(1), d > 0
+        c, s, f = (torch.cat(o).cpu() for o in zip(*outs))
+        return c.argmax(1), s.argmax(1), f > 0
+
+
+def facing_of(facing: Tensor, shape_idx: Tensor) -> Tensor:
+    """facing bool [B, len(FRONT_FEATURE_SHAPES)] read at each row's front-feature shape [B] -> bool [B]."""
+    return facing.gather(1, FRONT_INDEX[shape_idx].clamp(min=0)[:, None])[:, 0]
 
 
 def train_classifier(data: WorldDataset, device: torch.device | str, steps: int = 400, batch: int = 256,
                      seed: int = 0) -> WorldClassifier:
     """Fit the three heads on GT renders; light pixel noise so slightly imperfect samples stay in distribution."""
     torch.manual_seed(seed)
-    net = WorldClassifier().to(device)
+    res = data.images.shape[1]
+    net = WorldClassifier(res).to(device)
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     images = data.images.to(device)
     colour, shape = data.colour_idx.to(device), data.shape_idx.to(device)
-    door = door_facing(data.azimuth).float().to(device)
+    facing = front_facing(data.azimuth).float().to(device)
+    head = FRONT_INDEX.to(device)[shape]  # [N], −1 for shapes without a front
     g = torch.Generator(device).manual_seed(seed)
     net.train()
     for _ in range(steps):
         idx = torch.randint(0, len(images), (batch,), device=device, generator=g)
-        noise = torch.randn(batch, 32, 32, 3, device=device, generator=g) * 8.0  # ≈ 3% of the range
+        noise = torch.randn(batch, res, res, 3, device=device, generator=g) * 8.0  # ≈ 3% of the range
         x = (images[idx].float() + noise).clamp(0, 255)
-        lc, ls, ld = net(x)
-        house = (shape[idx] == HOUSE).float()
+        lc, ls, lf = net(x)
+        has_front = (head[idx] >= 0).float()
+        lf = lf.gather(1, head[idx].clamp(min=0)[:, None])[:, 0]
         loss = (F.cross_entropy(lc, colour[idx]) + F.cross_entropy(ls, shape[idx])
-                + (F.binary_cross_entropy_with_logits(ld, door[idx], reduction="none") * house).sum()
-                / house.sum().clamp(min=1))
+                + (F.binary_cross_entropy_with_logits(lf, facing[idx], reduction="none") * has_front).sum()
+                / has_front.sum().clamp(min=1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -96,73 +120,125 @@ def train_classifier(data: WorldDataset, device: torch.device | str, steps: int 
     return net.eval()
 
 
-def gt_set(per_pair: int, seed: int, resolution: int = 32) -> WorldDataset:
+def gt_set(per_pair: int, seed: int, resolution: int = 32, device: torch.device | str = "cpu") -> WorldDataset:
     """``per_pair`` GT renders of every colour × shape, cameras drawn as in the prior's training set."""
-    return make_dataset(per_pair * len(COLOURS) * len(SHAPES), resolution=resolution, seed=seed)
+    return make_dataset(per_pair * len(COLOURS) * len(SHAPES), resolution=resolution, seed=seed, device=device)
 
 
-def classifier_accuracy(net: WorldClassifier, data: WorldDataset) -> dict[str, float]:
-    c, s, d = (v.cpu() for v in net.predict(data.images))
-    fb = (data.shape_idx == HOUSE) & ((data.view_idx == 0) | (data.view_idx == 2))  # front/back house views
-    return {"colour_accuracy": (c == data.colour_idx).float().mean().item(),
-            "object_accuracy": (s == data.shape_idx).float().mean().item(),
-            "door_accuracy_front_back_views": (d[fb] == door_facing(data.azimuth[fb])).float().mean().item(),
-            "n": len(data)}
+def classifier_accuracy(net: WorldClassifier, data: WorldDataset) -> dict[str, Any]:
+    """The classifier on held-out GT renders; facing on the front/back views of the front-feature shapes."""
+    c, s, f = net.predict(data.images)
+    fb = (FRONT_INDEX[data.shape_idx] >= 0) & ((data.view_idx == 0) | (data.view_idx == 2))  # front/back views
+    facing_ok = facing_of(f[fb], data.shape_idx[fb]) == front_facing(data.azimuth[fb])
+    return {"colour_accuracy": _mean(c == data.colour_idx), "object_accuracy": _mean(s == data.shape_idx),
+            "facing_accuracy_front_back_views": _mean(facing_ok), "n": len(data)}
+
+
+def _mean(x: Tensor) -> float | None:
+    return x.float().mean().item() if x.numel() else None
+
+
+def eval_rows(model: ShapesPrior) -> list[tuple[str, str, str, str | None, float | None]]:
+    """The evaluated conditions, colour-major (so a grid of them has one row per colour):
+    (prompt, colour, shape, view or None, camera azimuth or None)."""
+    spec = model.spec
+    fronts = [s for s in FRONT_FEATURE_SHAPES if s in spec.shapes]
+    rows = []
+    for c in spec.colours:
+        rows += [(caption(c, s), c, s, None, None) for s in spec.shapes]
+        rows += [(caption(c, s, v), c, s, v, None) for s in fronts for v in ("front", "back")]
+        if spec.camera_dim:
+            rows += [(caption(c, s), c, s, None, az) for s in fronts for az in (0.0, 180.0)]
+    return rows
+
+
+@torch.no_grad()
+def sample_rows(model: ShapesPrior, rows: list[tuple[str, str, str, str | None, float | None]], n: int, steps: int,
+                guidance_scale: float, generator: torch.Generator, batch: int) -> Tensor:
+    """n samples of each row of :func:`eval_rows` -> uint8 [len(rows), n, S, S, 3]; camera rows are sampled at the
+    eval orbit's elevation and distance."""
+    s, view = model.spec.image_size, CameraConfig()
+    prompts = [r[0] for r in rows for _ in range(n)]
+    azimuth = [r[4] for r in rows for _ in range(n)]
+    out = torch.empty(len(prompts), s, s, 3, dtype=torch.uint8)
+    for with_camera in (False, True):
+        idx = [i for i, az in enumerate(azimuth) if (az is not None) == with_camera]
+        for part in (idx[i:i + batch] for i in range(0, len(idx), batch)):
+            camera = None
+            if with_camera:
+                az = torch.tensor([azimuth[i] for i in part])
+                camera = model.camera_features(az, torch.full_like(az, view.eval_elevation),
+                                               torch.full_like(az, view.eval_distance))
+            x = sample(model, [prompts[i] for i in part], steps, guidance_scale, generator, camera)
+            out[torch.tensor(part)] = to_uint8(x)
+    return out.reshape(len(rows), n, s, s, 3)
 
 
 def evaluate_prior(model: ShapesPrior, n_per_caption: int = 16, steps: int = 50, guidance_scale: float = 3.0,
                    seed: int = 0, classifier_per_pair: int = 200, classifier_steps: int = 400,
-                   batch: int = 256) -> tuple[dict[str, Any], Tensor]:
-    """Sample every "a {colour} {shape}" plus the house's front/back views and score them.
+                   batch: int | None = None) -> tuple[dict[str, Any], Tensor]:
+    """Sample every row of :func:`eval_rows` and score the samples with a classifier trained on GT renders.
 
-    Returns (report, images uint8 [C·n, 32, 32, 3] in caption order: plain captions first, then house views).
+    Returns (report, images uint8 [rows, n_per_caption, S, S, 3] in :func:`eval_rows` order). Camera checks are None
+    for a prior without a camera input.
     """
     dev = next(model.parameters()).device
+    batch = batch or (512 if dev.type == "cuda" else 64)
     res = model.spec.image_size
-    net = train_classifier(gt_set(classifier_per_pair, CLASSIFIER_SEED, res), dev, classifier_steps, seed=seed)
-    held_out = gt_set(max(classifier_per_pair // 10, 2), CLASSIFIER_SEED + 1, res)
+    net = train_classifier(gt_set(classifier_per_pair, CLASSIFIER_SEED, res, dev), dev, classifier_steps, seed=seed)
+    held_out = gt_set(max(classifier_per_pair // 10, 2), CLASSIFIER_SEED + 1, res, dev)
 
-    plain = [(c, s) for c in COLOUR_NAMES for s in SHAPES]
-    house = [(c, v) for c in COLOUR_NAMES for v in ("front", "back")]
-    prompts = [caption(c, s) for c, s in plain] + [caption(c, "house", v) for c, v in house]
-    rows = [p for p in prompts for _ in range(n_per_caption)]
+    rows = eval_rows(model)
     g = torch.Generator(dev).manual_seed(seed)
-    images = torch.cat([to_uint8(sample(model, rows[i:i + batch], steps, guidance_scale, g))
-                        for i in range(0, len(rows), batch)])
-    col_pred, shape_pred, door_pred = (v.cpu() for v in net.predict(images))
+    images = sample_rows(model, rows, n_per_caption, steps, guidance_scale, g, batch)
+    colour_pred, shape_pred, facing_pred = net.predict(images.flatten(0, 1))
 
-    n_plain = len(plain) * n_per_caption
-    col_true = torch.tensor([COLOUR_NAMES.index(c) for c, _ in plain]).repeat_interleave(n_per_caption)
-    shape_true = torch.tensor([SHAPES.index(s) for _, s in plain]).repeat_interleave(n_per_caption)
-    col_ok, shape_ok = col_pred[:n_plain] == col_true, shape_pred[:n_plain] == shape_true
-    want_door = torch.tensor([v == "front" for _, v in house]).repeat_interleave(n_per_caption)
-    door_ok = door_pred[n_plain:] == want_door
-    house_ok = (shape_pred[n_plain:] == HOUSE) & (col_pred[n_plain:] == torch.tensor(
-        [COLOUR_NAMES.index(c) for c, _ in house]).repeat_interleave(n_per_caption))
+    def per_sample(values: list) -> Tensor:
+        return torch.tensor(values).repeat_interleave(n_per_caption)
 
-    def mean(x: Tensor) -> float:
-        return x.float().mean().item()
+    colour_true = per_sample([COLOUR_NAMES.index(r[1]) for r in rows])
+    shape_true = per_sample([SHAPES.index(r[2]) for r in rows])
+    view, azimuth = [r[3] for r in rows], [r[4] for r in rows]
+    plain = per_sample([v is None and a is None for v, a in zip(view, azimuth)])
+    facing = facing_of(facing_pred, shape_true)
+    colour_ok, shape_ok = colour_pred == colour_true, shape_pred == shape_true
+    # (view, azimuth) of each front/back condition and whether its samples must face the camera.
+    checks = {"front_view_shown": (("front", None), True), "back_view_hidden": (("back", None), False),
+              "camera_front_shown": ((None, 0.0), True), "camera_back_hidden": ((None, 180.0), False)}
 
+    def facing_ok(key: str, shape: str | None = None) -> Tensor:
+        (v, a), want = checks[key]
+        rows_mask = per_sample([(r[3], r[4]) == (v, a) and r[2] == (shape or r[2]) for r in rows])
+        return facing[rows_mask] == want
+
+    fronts = [s for s in FRONT_FEATURE_SHAPES if s in model.spec.shapes]
+    conditioned = ~plain
     per = n_per_caption
     report = {
-        "colour_accuracy": mean(col_ok),
-        "object_accuracy": mean(shape_ok),
-        "door_front_visible": mean(door_ok[want_door]),
-        "door_back_hidden": mean(door_ok[~want_door]),
-        "house_view_prompts_right_colour_and_object": mean(house_ok),
-        "per_caption": {caption(c, s): {"colour": mean(col_ok[i * per:(i + 1) * per]),
-                                        "object": mean(shape_ok[i * per:(i + 1) * per])}
-                        for i, (c, s) in enumerate(plain)},
+        "colour_accuracy": _mean(colour_ok[plain]),
+        "object_accuracy": _mean(shape_ok[plain]),
+        "front_feature_front_views": _mean(facing_ok("front_view_shown")),
+        "front_feature_back_views_hidden": _mean(facing_ok("back_view_hidden")),
+        "camera_front_visible": _mean(facing_ok("camera_front_shown")),
+        "camera_back_hidden": _mean(facing_ok("camera_back_hidden")),
+        "front_prompts_right_colour_and_object": _mean((colour_ok & shape_ok)[conditioned]),
+        "per_front_shape": {s: {k: _mean(facing_ok(k, s)) for k in checks} for s in fronts},
+        "per_caption": {r[0]: {"colour": _mean(colour_ok[i * per:(i + 1) * per]),
+                               "object": _mean(shape_ok[i * per:(i + 1) * per])}
+                        for i, r in enumerate(rows) if r[3] is None and r[4] is None},
         "classifier_gt": classifier_accuracy(net, held_out),
         "settings": {"n_per_caption": n_per_caption, "ddim_steps": steps, "guidance_scale": guidance_scale,
-                     "seed": seed, "classifier_per_pair": classifier_per_pair, "classifier_steps": classifier_steps},
+                     "seed": seed, "classifier_per_pair": classifier_per_pair, "classifier_steps": classifier_steps,
+                     "image_size": res, "camera_dim": model.spec.camera_dim},
     }
     return report, images
 
 
-def sample_grid(images: Tensor, n_per_caption: int) -> Tensor:
-    """One row per caption, its samples side by side."""
-    return grid(images, ncol=n_per_caption)
+def sample_grid(images: Tensor, n_colours: int, per_row: int = 2) -> Tensor:
+    """images uint8 [rows, n, S, S, 3] in :func:`eval_rows` order -> one grid image with one line per colour and the
+    first ``per_row`` samples of each of its conditions side by side."""
+    shown = images[:, :per_row]
+    return grid(shown.flatten(0, 1), ncol=shown.shape[0] // n_colours * shown.shape[1])
 
 
 def loss_curve(metrics_path: str | Path, width: int = 640, height: int = 360):

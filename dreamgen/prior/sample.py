@@ -11,11 +11,13 @@ from dreamgen.prior.model import ShapesPrior
 
 @torch.no_grad()
 def sample(model: ShapesPrior, prompts: list[str], steps: int = 50, guidance_scale: float = 3.0,
-           generator: torch.Generator | None = None) -> Tensor:
+           generator: torch.Generator | None = None, camera: Tensor | None = None) -> Tensor:
     """prompts -> images [B,3,S,S] in [-1,1]; deterministic DDIM (η = 0), CFG ``v_0 + ω·(v_y − v_0)``.
 
     ``timestep_spacing="trailing"`` starts at t = T−1, where the cosine schedule's SNR is ≈ 0, so starting from pure
-    noise matches training. ``generator`` draws the initial noise (on the model's device).
+    noise matches training. ``generator`` draws the initial noise (on the model's device). ``camera``: features
+    [B, camera_dim] (:meth:`ShapesPrior.camera_features`) given to the conditional and the unconditional rows alike,
+    so CFG's direction stays the text; None samples text-only (the null camera).
     """
     dev = next(model.parameters()).device
     sched = DDIMScheduler.from_config(model.spec.scheduler, timestep_spacing="trailing", clip_sample=False,
@@ -25,6 +27,8 @@ def sample(model: ShapesPrior, prompts: list[str], steps: int = 50, guidance_sca
     x = torch.randn(len(prompts), 3, s, s, generator=generator, device=dev)
     cond = model.encode_text(prompts)
     uncond = model.encode_text([""]).expand_as(cond)
+    if camera is not None:
+        cond, uncond = model.fuse_camera(cond, camera), model.fuse_camera(uncond, camera)
     for t in sched.timesteps:
         tt = t.expand(2 * len(prompts))
         v_y, v_0 = model(torch.cat([x, x]), tt, torch.cat([cond, uncond])).chunk(2)

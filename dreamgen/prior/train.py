@@ -1,14 +1,19 @@
 """Training the embedded prior from scratch on procedurally rendered world captions (``scripts/train_prior.py``).
 
-- Data: :func:`dreamgen.world.make_dataset` (seeded), held on the training device as uint8 with its captions
-  tokenised once; batches are drawn with replacement by a seeded generator.
+- Presets (:data:`PRESETS`): ``v2`` (the default: 64×64, 4×4 unshuffle, camera input), ``v1`` (the 32×32 text-only
+  architecture) and ``tiny`` (the v2 layout at toy widths, for CPU smoke tests). They differ only in the spec.
+- Data: :func:`dreamgen.world.make_dataset` (seeded, rendered on the training device), held on the training device
+  as uint8 with its captions tokenised and its cameras featurised once; batches are drawn with replacement by a
+  seeded generator.
 - Objective: v-prediction MSE with min-SNR-γ weights ``min(SNR, γ)/(SNR + 1)`` (Hang et al. 2023: the x0-loss
   weight min(SNR, γ) expressed for v), uniform t, caption dropout ``p_uncond`` (the whole caption becomes the null
-  prompt) for classifier-free guidance.
+  prompt) for classifier-free guidance and, independently, camera dropout ``p_camera_drop`` (the null camera), so
+  the model learns p(x | text), p(x | text, camera), p(x | camera) and p(x).
 - AdamW with linear warm-up then a constant rate; EMA of the weights (decay warmed up as (1+k)/(10+k)), which is
   what gets exported. bf16 autocast on CUDA.
-- The work dir holds ``checkpoint.pt`` (model, EMA, optimiser, step, RNG: a resumed run continues exactly),
-  ``metrics.jsonl`` (one line per log interval) and ``samples_<step>.png``.
+- The work dir holds ``checkpoint.pt`` (model, EMA, optimiser, step, RNG states as tensors, config as plain types:
+  loaded with ``weights_only=True``, so a crafted file cannot run code; a resumed run continues exactly),
+  ``metrics.jsonl`` (one line per log interval) and ``samples_<step>.png``. Progress goes to stdout as plain lines.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,14 +29,21 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from dreamgen.cameras import VIEWS
+from dreamgen.cameras import VIEWS, CameraConfig
 from dreamgen.prior.io import DEFAULT_WEIGHTS, save_prior
 from dreamgen.prior.model import PriorSpec, ShapesPrior, count_parameters
 from dreamgen.prior.sample import grid, sample, to_uint8
 from dreamgen.world.captions import caption
 from dreamgen.world.dataset import make_dataset
-from dreamgen.world.objects import COLOURS, SHAPES
+from dreamgen.world.objects import FRONT_FEATURE_SHAPES
 from dreamgen.world.render import DEFAULT_BACKGROUND
+
+PRESETS: dict[str, Callable[[], PriorSpec]] = {
+    "v2": PriorSpec.v2,
+    "v1": PriorSpec,
+    "tiny": lambda: PriorSpec.v2(block_out_channels=[32, 32, 32], layers_per_block=1, attention_head_dim=16,
+                                 slot_dim=8),
+}
 
 
 @dataclass
@@ -46,16 +59,18 @@ class TrainConfig:
     export: str = str(DEFAULT_WEIGHTS)
     time_budget: float = 0.0  # seconds since start (data generation included); 0 = no limit
     p_uncond: float = 0.1
+    p_camera_drop: float = 0.25  # independent of p_uncond; unused without a camera input
     min_snr_gamma: float = 5.0
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     log_every: int = 50
     ckpt_every: int = 1000
-    sample_steps: int = 50  # DDIM steps of the final sample grid
-    spec: PriorSpec = field(default_factory=PriorSpec)
+    sample_steps: int = 50  # DDIM steps of the final sample grid; 0: no grid
+    spec: PriorSpec = field(default_factory=PriorSpec.v2)
 
     # Fields that must match for a checkpoint to be resumed (they fix the data and the model).
-    RESUME_KEYS = ("n_images", "seed", "batch_size", "lr", "warmup", "p_uncond", "min_snr_gamma", "ema_decay")
+    RESUME_KEYS = ("n_images", "seed", "batch_size", "lr", "warmup", "p_uncond", "p_camera_drop", "min_snr_gamma",
+                   "ema_decay")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -66,11 +81,13 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def load_data(cfg: TrainConfig, model: ShapesPrior, device: torch.device) -> tuple[Tensor, Tensor]:
-    """-> images uint8 [N,3,S,S] and caption tokens long [N,3], both on ``device``."""
-    ds = make_dataset(cfg.n_images, resolution=cfg.spec.image_size, seed=cfg.seed)
+def load_data(cfg: TrainConfig, model: ShapesPrior, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
+    """-> images uint8 [N,3,S,S], caption tokens long [N,3] and camera features [N,camera_dim] (None without a
+    camera input), all on ``device``."""
+    ds = make_dataset(cfg.n_images, resolution=cfg.spec.image_size, seed=cfg.seed, device=device)
     tokens = model.tokenizer(ds.captions)
-    return ds.images.permute(0, 3, 1, 2).contiguous().to(device), tokens.to(device)
+    camera = model.camera_features(ds.azimuth, ds.elevation, ds.distance) if cfg.spec.camera_dim else None
+    return ds.images.permute(0, 3, 1, 2).contiguous().to(device), tokens.to(device), camera
 
 
 def snr_weights(alphas_cumprod: Tensor, gamma: float) -> Tensor:
@@ -79,31 +96,34 @@ def snr_weights(alphas_cumprod: Tensor, gamma: float) -> Tensor:
     return snr.clamp(max=gamma) / (snr + 1)
 
 
-def training_loss(model: ShapesPrior, x0: Tensor, tokens: Tensor, alphas_cumprod: Tensor, weights: Tensor,
-                  p_uncond: float, g: torch.Generator) -> Tensor:
-    """x0 [B,3,S,S] in [-1,1], tokens [B,3] -> weighted v-MSE (scalar)."""
+def training_loss(model: ShapesPrior, x0: Tensor, tokens: Tensor, camera: Tensor | None, alphas_cumprod: Tensor,
+                  weights: Tensor, p_uncond: float, p_camera_drop: float, g: torch.Generator) -> Tensor:
+    """x0 [B,3,S,S] in [-1,1], tokens [B,3], camera [B,camera_dim] or None -> weighted v-MSE (scalar)."""
     b = x0.shape[0]
     dev = x0.device
     t = torch.randint(0, alphas_cumprod.shape[0], (b,), device=dev, generator=g)
     eps = torch.randn(x0.shape, device=dev, generator=g)
     drop = torch.rand(b, device=dev, generator=g) < p_uncond
     tokens = tokens.masked_fill(drop[:, None], 0)
+    keep_camera = None if camera is None else torch.rand(b, device=dev, generator=g) >= p_camera_drop
     ab = alphas_cumprod[t].view(b, 1, 1, 1)
     a, s = ab.sqrt(), (1 - ab).sqrt()
     x_t = a * x0 + s * eps
     v = a * eps - s * x0
-    pred = model(x_t, t, model.text_encoder(tokens))
+    pred = model(x_t, t, model.embed(tokens, camera, keep_camera))
     mse = (pred.float() - v).square().mean(dim=(1, 2, 3))
     return (weights[t] * mse).mean()
 
 
-SAMPLE_COLUMNS = len(SHAPES) + 2
-
-
-def sample_prompts() -> list[str]:
-    """One row per colour: "a {colour} {shape}" for every shape, then the house's front view and back view."""
-    return [p for c in COLOURS
-            for p in [caption(c, s) for s in SHAPES] + [caption(c, "house", v) for v in ("front", "back")]]
+def grid_rows(spec: PriorSpec) -> tuple[list[str], list[tuple[str, float]], int]:
+    """The final sample grid, one row per colour: "a {colour} {shape}" for every shape the spec knows, the front and
+    back views of its front-feature shapes, then (with a camera input) those shapes captioned plainly but with the
+    camera at azimuth 0 and 180°. -> (text-only prompts, (prompt, azimuth) camera rows, columns per colour)."""
+    fronts = [s for s in FRONT_FEATURE_SHAPES if s in spec.shapes]
+    text = [p for c in spec.colours for p in [caption(c, s) for s in spec.shapes]
+            + [caption(c, s, v) for s in fronts for v in ("front", "back")]]
+    cams = [(caption(c, s), az) for c in spec.colours for s in fronts for az in (0.0, 180.0)] if spec.camera_dim else []
+    return text, cams, len(text) // len(spec.colours) + len(cams) // len(spec.colours)
 
 
 class Trainer:
@@ -117,6 +137,8 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.out)
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
         torch.manual_seed(cfg.seed)
         self.model = ShapesPrior(cfg.spec).to(self.device)
         self.ema = ShapesPrior(cfg.spec).to(self.device).requires_grad_(False)
@@ -131,6 +153,7 @@ class Trainer:
 
     # ---- checkpoint ------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:
+        # Tensors and plain types only, so that resuming can load with weights_only=True.
         state = {"model": self.model.state_dict(), "ema": self.ema.state_dict(), "opt": self.opt.state_dict(),
                  "step": self.step, "gen": self.gen.get_state(), "cpu_rng": torch.get_rng_state(),
                  "config": {k: getattr(self.cfg, k) for k in TrainConfig.RESUME_KEYS},
@@ -142,7 +165,12 @@ class Trainer:
     def maybe_resume(self) -> bool:
         if not self.ckpt_path.exists():
             return False
-        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        try:
+            # On the CPU: RNG states must stay CPU ByteTensors; load_state_dict copies weights to the device.
+            state = torch.load(self.ckpt_path, map_location="cpu", weights_only=True)
+        except Exception as e:  # not a checkpoint of this script: corrupt, or objects beyond tensors/plain types
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise SystemExit(f"cannot resume from {self.ckpt_path} ({first}); delete it or use another --out")
         mine = {k: getattr(self.cfg, k) for k in TrainConfig.RESUME_KEYS}
         if state["config"] != mine or state["spec"] != self.cfg.spec.to_dict():
             diff = sorted(k for k in mine if state["config"].get(k) != mine[k])
@@ -166,22 +194,27 @@ class Trainer:
     def lr_at(self, step: int) -> float:
         return self.cfg.lr * min(1.0, (step + 1) / max(self.cfg.warmup, 1))
 
-    def over_budget(self) -> bool:
-        return self.cfg.time_budget > 0 and time.time() - self.t_start >= self.cfg.time_budget
+    def elapsed(self) -> float:
+        return time.time() - self.t_start
 
-    def train(self, log=print) -> dict[str, Any]:
-        cfg, dev = self.cfg, self.device
+    def over_budget(self) -> bool:
+        return self.cfg.time_budget > 0 and self.elapsed() >= self.cfg.time_budget
+
+    def train(self, log: Callable[[str], None] = lambda line: print(line, flush=True)) -> dict[str, Any]:
+        cfg, dev, spec = self.cfg, self.device, self.cfg.spec
         resumed = self.maybe_resume()
+        log(f"prior: {spec.image_size}px, patch {spec.patch}, camera_dim {spec.camera_dim}, "
+            f"{count_parameters(self.model) / 1e6:.2f} M parameters, device {dev}, batch {cfg.batch_size}, "
+            + (f"resumed at step {self.step}" if resumed else "fresh"))
+        log(f"rendering {cfg.n_images} images at {spec.image_size}px on {dev} ...")
         t0 = time.time()
-        images, tokens = load_data(cfg, self.model, dev)
+        images, tokens, camera = load_data(cfg, self.model, dev)
         data_s = time.time() - t0
-        log(f"device {dev}; {count_parameters(self.model) / 1e6:.2f} M parameters; {len(images)} images rendered "
-            f"in {data_s:.1f} s; batch {cfg.batch_size}; " + (f"resumed at step {self.step}" if resumed else "fresh"))
-        from tqdm import tqdm
+        log(f"rendered in {data_s:.1f} s; training (elapsed {self.elapsed():.0f} s"
+            + (f" of a {cfg.time_budget:.0f} s budget)" if cfg.time_budget > 0 else ")"))
 
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=dev.type == "cuda")
         metrics = (self.out / "metrics.jsonl").open("a")
-        bar = tqdm(total=cfg.steps, initial=self.step, desc="prior", unit="it", dynamic_ncols=True)
         loss_sum, n_sum, t_log, s_log = torch.zeros((), device=dev), 0, time.time(), self.step
         stopped_by_budget = False
         self.model.train()
@@ -194,8 +227,8 @@ class Trainer:
             idx = torch.randint(0, len(images), (cfg.batch_size,), device=dev, generator=self.gen)
             x0 = images[idx].float() / 127.5 - 1
             with autocast:
-                loss = training_loss(self.model, x0, tokens[idx], self.alphas_cumprod, self.weights, cfg.p_uncond,
-                                     self.gen)
+                loss = training_loss(self.model, x0, tokens[idx], None if camera is None else camera[idx],
+                                     self.alphas_cumprod, self.weights, cfg.p_uncond, cfg.p_camera_drop, self.gen)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -204,7 +237,6 @@ class Trainer:
             self.update_ema()
             loss_sum += loss.detach()
             n_sum += 1
-            bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 mean = (loss_sum / n_sum).item()  # the only host sync of the loop
                 if not math.isfinite(mean):
@@ -214,34 +246,47 @@ class Trainer:
                        "it_s": (self.step - s_log) / max(now - t_log, 1e-9), "elapsed_s": now - self.t_start}
                 metrics.write(json.dumps(rec) + "\n")
                 metrics.flush()
-                bar.set_postfix(loss=f"{mean:.4f}")
+                log(f"step {self.step}/{cfg.steps} loss {mean:.4f} lr {rec['lr']:.2e} {rec['it_s']:.1f} it/s "
+                    f"elapsed {rec['elapsed_s']:.0f} s")
                 loss_sum.zero_()
                 n_sum, t_log, s_log = 0, now, self.step
             if self.step % cfg.ckpt_every == 0:
                 self.save_checkpoint()
-        bar.close()
         metrics.close()
         self.save_checkpoint()
         train_s = time.time() - t0 - data_s
-        grid_path = self.write_samples()
+        log(f"stopped at step {self.step} ({'time budget' if stopped_by_budget else 'step limit'}); "
+            f"exporting the EMA weights, then the sample grid")
         meta = {"steps": self.step, "batch_size": cfg.batch_size, "n_images": cfg.n_images, "seed": cfg.seed,
                 "lr": cfg.lr, "device": str(dev), "data_seconds": round(data_s, 1),
-                "parameters": count_parameters(self.model), "config": {k: v for k, v in asdict(cfg).items()
-                                                                       if k not in ("spec", "out", "export")}}
+                "train_seconds": round(train_s, 1), "parameters": count_parameters(self.model),
+                "config": {k: v for k, v in asdict(cfg).items() if k not in ("spec", "out", "export")}}
         exported = save_prior(self.ema, cfg.export, meta) if cfg.export else None
+        grid_path = self.write_samples() if cfg.sample_steps > 0 else None
         summary = {"step": self.step, "stopped_by_budget": stopped_by_budget, "data_seconds": data_s,
-                   "train_seconds": train_s, "samples": str(grid_path), "exported": str(exported),
-                   "total_seconds": time.time() - self.t_start}
+                   "train_seconds": train_s, "samples": grid_path and str(grid_path), "exported": exported and str(exported),
+                   "total_seconds": self.elapsed()}
         log(json.dumps(summary))
         return summary
 
+    @torch.no_grad()
     def write_samples(self) -> Path:
+        """``samples_<step>.png``: :func:`grid_rows` from the EMA model, one row per colour."""
         import imageio.v3 as iio
 
         self.ema.eval()
-        prompts = sample_prompts()
+        text, cams, ncol = grid_rows(self.cfg.spec)
         g = torch.Generator(self.device).manual_seed(self.cfg.seed)
-        imgs = to_uint8(sample(self.ema, prompts, steps=self.cfg.sample_steps, generator=g))
+        imgs = to_uint8(sample(self.ema, text, steps=self.cfg.sample_steps, generator=g))  # [C·k,S,S,3]
+        if cams:
+            az, view = torch.tensor([a for _, a in cams]), CameraConfig()  # at the eval orbit's elevation/distance
+            feats = self.ema.camera_features(az, torch.full_like(az, view.eval_elevation),
+                                             torch.full_like(az, view.eval_distance))
+            with_cam = to_uint8(sample(self.ema, [p for p, _ in cams], steps=self.cfg.sample_steps, generator=g,
+                                       camera=feats))
+            n = len(self.cfg.spec.colours)  # interleave: each colour's text row, then its camera samples
+            imgs = torch.cat([imgs.reshape(n, -1, *imgs.shape[1:]), with_cam.reshape(n, -1, *with_cam.shape[1:])],
+                             dim=1).flatten(0, 1)
         path = self.out / f"samples_{self.step:06d}.png"
-        iio.imwrite(path, grid(imgs, ncol=SAMPLE_COLUMNS).numpy())
+        iio.imwrite(path, grid(imgs, ncol=ncol).numpy())
         return path

@@ -3,7 +3,10 @@
 Cameras are drawn like :class:`dreamgen.cameras.CameraSampler` with the same :class:`CameraConfig` ranges (azimuth,
 elevation, distance, fov), so objects fill the frame at the same scale as text-to-3D renders. Objects with a front
 (:data:`FRONT_FEATURE_SHAPES`) get front-biased azimuths, as in web photos: that bias is what makes a 2-D prior paint
-faces on the back (the Janus artefact the metrics measure).
+faces on the back (the Janus artefact the metrics measure). Every image keeps its camera (azimuth relative to the
+object's front, elevation, distance), the camera condition of the prior v2.
+
+Random draws are made on the CPU (so a seed gives the same data on any device); rendering runs on ``device``.
 """
 
 from __future__ import annotations
@@ -29,8 +32,9 @@ class WorldDataset:
     shape_idx: Tensor  # long [N] into SHAPES
     view_idx: Tensor  # long [N] into VIEWS, the camera's view (whether or not the caption names it)
     has_view: Tensor  # bool [N], True where the caption carries the view suffix
-    azimuth: Tensor  # float [N] degrees
+    azimuth: Tensor  # float [N] degrees, 0 = the object's front
     elevation: Tensor  # float [N] degrees
+    distance: Tensor  # float [N] world units
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -54,12 +58,17 @@ def sample_azimuths(shape_idx: Tensor, generator: torch.Generator, cfg: CameraCo
 
 def make_dataset(n: int, resolution: int = 32, seed: int = 0, view_caption_fraction: float = 0.5,
                  camera_cfg: CameraConfig | None = None, front_bias: float = 0.7, supersample: int = 2,
-                 chunk: int = 1024) -> WorldDataset:
+                 device: str | torch.device = "cpu", chunk_rays: int | None = None) -> WorldDataset:
     """n captioned renders, reproducible for a seed, balanced over colour × shape (each of the P = colours × shapes
     pairs appears ⌊n/P⌋ or ⌈n/P⌉ times, in shuffled order). A fraction ``view_caption_fraction`` of captions end
     in ", <view> view" with the view given by :func:`dreamgen.cameras.view_index` under ``camera_cfg`` (default:
-    ``CameraConfig()``)."""
+    ``CameraConfig()``). Rendering runs on ``device`` in chunks of about ``chunk_rays`` rays (default 2²⁴ on CUDA,
+    2²² on the CPU); the returned tensors are on the CPU."""
     cfg = camera_cfg or CameraConfig()
+    device = torch.device(device)
+    if chunk_rays is None:
+        chunk_rays = 1 << 24 if device.type == "cuda" else 1 << 22
+    chunk = max(1, chunk_rays // (resolution * supersample) ** 2)  # images per render call
     g = torch.Generator().manual_seed(seed)
     colours = list(COLOURS)
     n_pairs = len(colours) * len(SHAPES)
@@ -75,13 +84,14 @@ def make_dataset(n: int, resolution: int = 32, seed: int = 0, view_caption_fract
     has_view = torch.rand(n, generator=g) < view_caption_fraction
 
     images = torch.empty(n, resolution, resolution, 3, dtype=torch.uint8)
+    palette = torch.tensor(list(COLOURS.values()))  # [colours,3]
     for s, shape in enumerate(SHAPES):
         idx = (shape_idx == s).nonzero().squeeze(1)
         for part in idx.split(chunk):
-            cams = make_cameras(azimuth[part], elevation[part], distance[part], fov[part], resolution, cfg)
-            rgb, _, _ = render(shape, [colours[c] for c in colour_idx[part].tolist()], cams,
-                               background=DEFAULT_BACKGROUND, supersample=supersample)
-            images[part] = (rgb * 255.0).round().to(torch.uint8)
+            cams = make_cameras(*(v[part].to(device) for v in (azimuth, elevation, distance, fov)), resolution, cfg)
+            rgb, _, _ = render(shape, palette[colour_idx[part]].to(device), cams, background=DEFAULT_BACKGROUND,
+                               supersample=supersample)
+            images[part] = (rgb * 255.0).round().to(torch.uint8).cpu()
     captions = [caption(colours[c], SHAPES[s], VIEWS[v] if hv else None)
                 for c, s, v, hv in zip(colour_idx.tolist(), shape_idx.tolist(), view_idx.tolist(), has_view.tolist())]
-    return WorldDataset(images, captions, colour_idx, shape_idx, view_idx, has_view, azimuth, elevation)
+    return WorldDataset(images, captions, colour_idx, shape_idx, view_idx, has_view, azimuth, elevation, distance)

@@ -165,56 +165,94 @@ def foreground_colour_error(rgb_pred: Tensor, mask_pred: Tensor, rgb_gt: Tensor,
     return sum(errs) / len(errs) if errs else 0.0
 
 
-def back_cameras(n_views: int = 4, resolution: int = 64, camera_cfg: CameraConfig | None = None,
-                 spread: float = 60.0) -> Cameras:
-    """n_views cameras at the eval elevation/distance/fov with azimuths spread over 180° ± spread/2 (back views)."""
+def arc_cameras(centre: float, n_views: int = 4, resolution: int = 64, camera_cfg: CameraConfig | None = None,
+                spread: float = 60.0) -> Cameras:
+    """n_views cameras at the eval elevation/distance/fov with azimuths spread over centre ± spread/2 (degrees)."""
     cfg = camera_cfg or CameraConfig()
-    az = 180.0 + torch.linspace(-spread / 2, spread / 2, n_views) if n_views > 1 else torch.tensor([180.0])
+    az = centre + (torch.linspace(-spread / 2, spread / 2, n_views) if n_views > 1 else torch.zeros(1))
     full = lambda x: torch.full((n_views,), float(x))  # noqa: E731
     return make_cameras(wrap_degrees(az), full(cfg.eval_elevation), full(cfg.eval_distance), full(cfg.eval_fov),
                         resolution, cfg)
 
 
+def back_cameras(n_views: int = 4, resolution: int = 64, camera_cfg: CameraConfig | None = None,
+                 spread: float = 60.0) -> Cameras:
+    """Back views: azimuths 180° ± spread/2."""
+    return arc_cameras(180.0, n_views, resolution, camera_cfg, spread)
+
+
+def front_cameras(n_views: int = 4, resolution: int = 64, camera_cfg: CameraConfig | None = None,
+                  spread: float = 60.0) -> Cameras:
+    """Front views: azimuths 0° ± spread/2."""
+    return arc_cameras(0.0, n_views, resolution, camera_cfg, spread)
+
+
+def _closer_to_true(render_fn: RenderFn, colour: str, shape: str, cams: Cameras, alignment: Alignment | None,
+                    other: str, feature_threshold: float) -> tuple[list[bool], list[float]]:
+    """Per view, over the pixels where the true object and its ``other`` variant differ: is the result closer to the
+    true render than to the variant's? Returns (verdicts, soft = e_other / (e_true + e_other)) for the views where
+    the references differ at all.
+
+    Only pixels where the two references differ by more than ``feature_threshold`` (max over channels) are compared
+    (mean |Δrgb|). The result's render is first brought to the GT's brightness by one scalar gain (ratio of mean
+    luminance over the pixels that both the result and the true object cover outside that region), so an exposure
+    or shading difference does not decide the vote.
+    """
+    if shape not in FRONT_FEATURE_SHAPES:
+        raise ValueError(f"the front/Janus scores need a shape with a front ({', '.join(FRONT_FEATURE_SHAPES)}), "
+                         f"got {shape!r}")
+    ref_true, mask_gt, _ = render(shape, colour, cams)
+    ref_other = render(shape, colour, cams, variant=other)[0]
+    rgb, mask = _render_result(render_fn, cams, alignment or Alignment())
+    lum = torch.tensor([0.299, 0.587, 0.114])
+    verdicts, soft = [], []
+    for k in range(len(cams)):
+        region = (ref_true[k] - ref_other[k]).abs().amax(-1) > feature_threshold  # [H,W]
+        if not region.any():
+            continue
+        rest = mask_gt[k] & mask[k] & ~region
+        gain = (ref_true[k][rest] @ lum).mean() / (rgb[k][rest] @ lum).mean().clamp(min=1e-3) if rest.any() else 1.0
+        pred = (rgb[k] * gain).clamp(0, 1)[region]
+        e_true = float((pred - ref_true[k][region]).abs().mean())
+        e_other = float((pred - ref_other[k][region]).abs().mean())
+        verdicts.append(e_true <= e_other)
+        soft.append(e_other / max(e_true + e_other, 1e-8))
+    return verdicts, soft
+
+
 def janus_score(render_fn: RenderFn, colour: str, shape: str = "house", alignment: Alignment | None = None,
                 n_views: int = 4, resolution: int = 64, camera_cfg: CameraConfig | None = None,
                 feature_threshold: float = 0.15) -> dict:
-    """Fraction of back views in which the result shows the object's front features (door, windows).
+    """Fraction of back views in which the result shows the object's front feature (door, screen, arrow head).
 
-    For each back camera at azimuth φ (:func:`back_cameras`) two ground-truth references are rendered:
-    ``back`` = the true object from φ (plain back wall) and ``two_faced`` = what an object with its front painted
-    on both sides would show from φ. The shapes with a front are mirror-symmetric in x, so ``two_faced`` is exactly
-    the true render from the mirrored camera 180° − φ (which faces the front), flipped left-right. Only the pixels
-    where the two references differ by more than ``feature_threshold`` (max over channels) — the door and window
-    regions — are compared. The result's render is first brought to the GT's brightness by one scalar gain (ratio
-    of mean luminance over the wall pixels both show outside that region), so an exposure or shading difference
-    does not decide the vote. A view is flagged when the result is closer (mean |Δrgb| over the region) to
-    ``two_faced`` than to ``back``.
+    From each back camera (:func:`back_cameras`, 180° ± 30°) two references are rendered: the true object (its
+    back) and its ``two_faced`` variant (its front half mirrored onto the back, :mod:`dreamgen.world.objects`). A
+    view is flagged when, where the two differ, the result is closer to ``two_faced`` than to the truth (see
+    :func:`_closer_to_true` for the comparison and its gain normalisation).
 
-    Returns {"score": flagged fraction in [0,1], "flags": [K] bool, "soft": [K] e_back / (e_back + e_two_faced)}.
+    Returns {"score": flagged fraction in [0,1], "flags": [K] bool, "soft": [K] e_true / (e_true + e_two_faced)}.
     """
-    if shape not in FRONT_FEATURE_SHAPES:
-        raise ValueError(f"janus_score needs a shape with a front ({', '.join(FRONT_FEATURE_SHAPES)}), got {shape!r}")
     cams = back_cameras(n_views, resolution, camera_cfg)
-    cfg = camera_cfg or CameraConfig()
-    mirrored = make_cameras(wrap_degrees(180.0 - cams.azimuth), cams.elevation, cams.distance,
-                            torch.rad2deg(cams.fov_y), resolution, cfg)
-    ref_back, mask_gt, _ = render(shape, colour, cams)
-    ref_front = render(shape, colour, mirrored)[0].flip(2)
-    rgb, mask = _render_result(render_fn, cams, alignment or Alignment())
-    lum = torch.tensor([0.299, 0.587, 0.114])
-    flags, soft = [], []
-    for k in range(len(cams)):
-        region = (ref_back[k] - ref_front[k]).abs().amax(-1) > feature_threshold
-        if not region.any():
-            continue
-        wall = mask_gt[k] & mask[k] & ~region
-        gain = (ref_back[k][wall] @ lum).mean() / (rgb[k][wall] @ lum).mean().clamp(min=1e-3) if wall.any() else 1.0
-        pred = (rgb[k] * gain).clamp(0, 1)[region]
-        e_back = float((pred - ref_back[k][region]).abs().mean())
-        e_two = float((pred - ref_front[k][region]).abs().mean())
-        flags.append(e_two < e_back)
-        soft.append(e_back / max(e_back + e_two, 1e-8))
-    return {"score": sum(flags) / max(len(flags), 1), "flags": flags, "soft": soft}
+    true, soft = _closer_to_true(render_fn, colour, shape, cams, alignment, "two_faced", feature_threshold)
+    flags = [not v for v in true]
+    return {"score": sum(flags) / max(len(flags), 1), "flags": flags, "soft": [1.0 - s for s in soft]}
+
+
+def front_feature_score(render_fn: RenderFn, colour: str, shape: str = "house", alignment: Alignment | None = None,
+                        n_views: int = 4, resolution: int = 64, camera_cfg: CameraConfig | None = None,
+                        feature_threshold: float = 0.15) -> dict:
+    """Fraction of front views in which the result shows the object's front feature (door, screen, arrow head).
+
+    From each front camera (:func:`front_cameras`, 0° ± 30°) the true object and its ``faceless`` variant (its back
+    half mirrored onto the front: no door, no screen, a blunt end) are rendered; a view counts when, where the two
+    differ, the result is closer to the truth. A result that is Janus but keeps its front scores 1 here and high in
+    :func:`janus_score`; one that lost its front scores 0 here.
+
+    Returns {"score": fraction in [0,1], "shown": [K] bool, "soft": [K] e_faceless / (e_true + e_faceless)}.
+    """
+    cams = front_cameras(n_views, resolution, camera_cfg)
+    shown, soft = _closer_to_true(render_fn, colour, shape, cams, alignment, "faceless", feature_threshold)
+    return {"score": sum(shown) / max(len(shown), 1), "shown": shown, "soft": soft}
 
 
 def volumetric_iou(occ_pred: OccFn, shape: str, alignment: Alignment | None = None, resolution: int = 32,
@@ -236,7 +274,8 @@ def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: in
     Cameras: ``n_views`` orbit views from the front at the config's eval elevation/distance/fov. Returns
     - colour, shape: parsed from the prompt; scale, offset: the :class:`Alignment` to the true shape;
     - silhouette_iou, colour_error: over the orbit; volumetric_iou: None without occ_fn;
-    - janus: :func:`janus_score`'s score for shapes with a front, else None;
+    - janus, front_feature: :func:`janus_score`'s and :func:`front_feature_score`'s scores for shapes with a front
+      (:data:`FRONT_FEATURE_SHAPES`), else None;
     - shape_scores: for every world shape, the result re-aligned to that shape and scored by the mean silhouette
       IoU over the orbit (averaged with the volumetric IoU when occ_fn is given); rank1: True when the true shape
       scores highest.
@@ -263,9 +302,10 @@ def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: in
         if candidate == shape:
             result = {"scale": alignment.scale, "offset": alignment.offset, "silhouette_iou": sil,
                       "colour_error": foreground_colour_error(rgb, mask, rgb_gt, mask_gt), "volumetric_iou": vol}
-            janus = None
+            result["janus"] = result["front_feature"] = None
             if shape in FRONT_FEATURE_SHAPES:
-                janus = janus_score(render_fn, colour, shape, alignment, resolution=resolution, camera_cfg=cfg)
-            result["janus"] = None if janus is None else janus["score"]
+                for key, score in (("janus", janus_score), ("front_feature", front_feature_score)):
+                    result[key] = score(render_fn, colour, shape, alignment, resolution=resolution,
+                                        camera_cfg=cfg)["score"]
     best = max(scores, key=scores.get)
     return {"colour": colour, "shape": shape, **result, "shape_scores": scores, "rank1": best == shape}

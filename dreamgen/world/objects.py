@@ -1,13 +1,21 @@
 """Procedural objects with exact geometry: signed distance functions and albedo.
 
 Every object is centred near the origin in the z-up world of :mod:`dreamgen.cameras` and fits inside the ball of
-radius :data:`BOUND` (< 0.7), so a camera at the default distances (1.5–2.0) always sees all of it. The ``house`` is
-the one asymmetric object: its front (+x, azimuth 0) has a door and two windows painted in its albedo; its back (−x)
-is a plain wall. Its geometry is mirror-symmetric under x → −x, so only the albedo tells front from back, which is
-what makes it a Janus probe.
+radius :data:`BOUND` (< 0.7), so a camera at the default distances (1.5–2.0) always sees all of it.
 
-SDFs are exact (Euclidean distance) except the house roof, a prism built as an intersection of half-spaces, whose
-value outside is a lower bound of the distance — still safe for sphere tracing and exact in sign.
+Three objects have a distinct front at +x (azimuth 0), the Janus probes (:data:`FRONT_FEATURE_SHAPES`):
+- ``house``: a door and two windows painted on its front wall, a plain back wall (geometry mirror-symmetric in x);
+- ``tv``: a thin upright box on a stand, a dark screen painted on its front face, a plain back (geometry symmetric);
+- ``arrow``: a horizontal bar along x with a square-pyramid head at +x and a blunt end at −x (a *geometric* front).
+
+Variants (:data:`VARIANTS`) turn any object into its two Janus references by folding space across the x = 0 plane,
+for the SDF and the albedo alike: ``two_faced`` takes the object's value at (|x|, y, z) (its front half mirrored onto
+the back: a door on both walls, a screen on both faces, an arrow with two heads) and ``faceless`` at (−|x|, y, z)
+(its back half mirrored onto the front: no door, no screen, a bar blunt at both ends).
+
+SDFs are exact (Euclidean distance) for the sphere, cube, cone, cylinder and torus. Unions (min) of exact SDFs, the
+house roof and the arrow head (intersections of half-spaces) and the folded variants are exact in sign and a lower
+bound of the distance outside, 1-Lipschitz everywhere: safe for sphere tracing.
 """
 
 from __future__ import annotations
@@ -17,9 +25,11 @@ import math
 import torch
 from torch import Tensor
 
-SHAPES: tuple[str, ...] = ("sphere", "cube", "cone", "cylinder", "torus", "house")
-# Shapes whose albedo differs between front and back (the Janus probes).
-FRONT_FEATURE_SHAPES: tuple[str, ...] = ("house",)
+# New shapes go at the end, so a shape's index (the prior's object slot) keeps its meaning across versions.
+SHAPES: tuple[str, ...] = ("sphere", "cube", "cone", "cylinder", "torus", "house", "tv", "arrow")
+# Shapes whose front (+x) differs from their back (the Janus probes).
+FRONT_FEATURE_SHAPES: tuple[str, ...] = ("house", "tv", "arrow")
+VARIANTS: tuple[str, ...] = ("true", "two_faced", "faceless")
 
 # Saturated, well-separated hues that stay distinguishable after Lambertian shading at 32x32 and contrast with
 # the white background (no white or light grey in the list).
@@ -52,6 +62,18 @@ DOOR_COLOUR = (0.35, 0.18, 0.05)  # dark brown
 WINDOW_COLOUR = (0.6, 0.85, 1.0)  # light blue
 DOOR_HALF_WIDTH, DOOR_TOP = 0.09, -0.1  # door: |y| < 0.09, z < −0.1 (from the ground at z = −0.4)
 WINDOW_Y, WINDOW_Z = (0.16, 0.32), (-0.17, 0.0)  # windows: |y| in WINDOW_Y, z in WINDOW_Z
+# TV: a thin box x∈[−0.06,0.06], y∈[−0.42,0.42], z∈[−0.17,0.37] on a neck and a flat foot (all symmetric in x).
+TV_BODY_CENTRE, TV_BODY_HALF = (0.0, 0.0, 0.1), (0.06, 0.42, 0.27)
+TV_NECK_CENTRE, TV_NECK_HALF = (0.0, 0.0, -0.26), (0.035, 0.07, 0.1)
+TV_FOOT_CENTRE, TV_FOOT_HALF = (0.0, 0.0, -0.385), (0.15, 0.2, 0.025)
+# Screen on the +x face: |y| < TV_SCREEN_HALF_WIDTH, z in TV_SCREEN_Z (a bezel of 0.06 at the sides, 0.07 below
+# and 0.05 above, wide enough that the body colour still shows around it at 32–64 px).
+TV_SCREEN_HALF_WIDTH, TV_SCREEN_Z = 0.36, (-0.1, 0.32)
+SCREEN_COLOUR = (0.06, 0.06, 0.08)  # near black: contrasts with every world colour
+# Arrow along x: a square bar x∈[−0.58,0.08], |y|,|z| < 0.1, and a square pyramid with its base (half side 0.24)
+# at x = 0.08 and its apex at x = 0.58.
+ARROW_SHAFT_CENTRE, ARROW_SHAFT_HALF = (-0.25, 0.0, 0.0), (0.33, 0.1, 0.1)
+ARROW_HEAD_BASE, ARROW_HEAD_APEX, ARROW_HEAD_HALF = 0.08, 0.58, 0.24
 
 
 def check_shape(shape: str) -> None:
@@ -62,6 +84,17 @@ def check_shape(shape: str) -> None:
 def check_colour(colour: str) -> None:
     if colour not in COLOURS:
         raise ValueError(f"unknown colour {colour!r}; known colours: {', '.join(COLOURS)}")
+
+
+def fold(p: Tensor, variant: str) -> Tensor:
+    """The point whose true-object value ``variant`` takes at p: p itself, (|x|, y, z) for ``two_faced`` or
+    (−|x|, y, z) for ``faceless``. p: [N,3] -> [N,3]."""
+    if variant == "true":
+        return p
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")
+    x = p[:, :1].abs()
+    return torch.cat([x if variant == "two_faced" else -x, p[:, 1:]], dim=1)
 
 
 def sdf_box(p: Tensor, centre: tuple[float, float, float], half: tuple[float, float, float]) -> Tensor:
@@ -96,9 +129,20 @@ def _sdf_roof(p: Tensor) -> Tensor:
     return torch.maximum(torch.maximum(slope, bottom), ends)
 
 
-def sdf(shape: str, p: Tensor) -> Tensor:
-    """Signed distance (negative inside). p: [N,3] -> [N]."""
+def _sdf_arrow_head(p: Tensor) -> Tensor:
+    """Square pyramid pointing +x: max of its four slanted face planes and its base plane (a lower bound outside)."""
+    length, half = ARROW_HEAD_APEX - ARROW_HEAD_BASE, ARROW_HEAD_HALF
+    norm = math.hypot(length, half)
+    along = (p[:, 0] - ARROW_HEAD_APEX) * half  # shared term of the four slanted planes
+    side_y = (p[:, 1].abs() * length + along) / norm
+    side_z = (p[:, 2].abs() * length + along) / norm
+    return torch.maximum(torch.maximum(side_y, side_z), ARROW_HEAD_BASE - p[:, 0])
+
+
+def sdf(shape: str, p: Tensor, variant: str = "true") -> Tensor:
+    """Signed distance (negative inside) of the object or of one of its :data:`VARIANTS`. p: [N,3] -> [N]."""
     check_shape(shape)
+    p = fold(p, variant)
     if shape == "sphere":
         return p.norm(dim=-1) - SPHERE_RADIUS
     if shape == "cube":
@@ -112,13 +156,18 @@ def sdf(shape: str, p: Tensor) -> Tensor:
     if shape == "torus":
         ring = torch.hypot(p[:, 0], p[:, 1]) - TORUS_MAJOR
         return torch.hypot(ring, p[:, 2]) - TORUS_MINOR
-    # house
-    return torch.minimum(sdf_box(p, HOUSE_BODY_CENTRE, HOUSE_BODY_HALF), _sdf_roof(p))
+    if shape == "house":
+        return torch.minimum(sdf_box(p, HOUSE_BODY_CENTRE, HOUSE_BODY_HALF), _sdf_roof(p))
+    if shape == "tv":
+        stand = torch.minimum(sdf_box(p, TV_NECK_CENTRE, TV_NECK_HALF), sdf_box(p, TV_FOOT_CENTRE, TV_FOOT_HALF))
+        return torch.minimum(sdf_box(p, TV_BODY_CENTRE, TV_BODY_HALF), stand)
+    # arrow
+    return torch.minimum(sdf_box(p, ARROW_SHAFT_CENTRE, ARROW_SHAFT_HALF), _sdf_arrow_head(p))
 
 
-def occupancy(shape: str, p: Tensor) -> Tensor:
-    """p: [N,3] -> bool [N], True inside the object."""
-    return sdf(shape, p) < 0
+def occupancy(shape: str, p: Tensor, variant: str = "true") -> Tensor:
+    """p: [N,3] -> bool [N], True inside the object (or the variant)."""
+    return sdf(shape, p, variant) < 0
 
 
 def colour_rgb(colour: str | Tensor, n: int, like: Tensor) -> Tensor:
@@ -130,29 +179,40 @@ def colour_rgb(colour: str | Tensor, n: int, like: Tensor) -> Tensor:
     return colour.expand(n, 3) if colour.dim() == 1 else colour
 
 
-def front_feature_albedo(p: Tensor, base: Tensor, front_sign: float = 1.0) -> Tensor:
-    """Paint the house's door and windows on the wall at x = front_sign · 0.28. p: [N,3], base: [N,3] -> [N,3].
+def _paint(mask: Tensor, rgb: tuple[float, float, float], base: Tensor) -> Tensor:
+    return torch.where(mask[:, None], base.new_tensor(rgb).expand_as(base), base)
 
-    front_sign=−1 paints them on the back wall (used to build a two-faced house for testing Janus detection).
-    """
-    x, y, z = p[:, 0] * front_sign, p[:, 1], p[:, 2]
+
+def _house_albedo(p: Tensor, base: Tensor) -> Tensor:
+    """Darker roof; door and windows on the front wall (x = +0.28)."""
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    base = torch.where((z > HOUSE_ROOF_BASE - 1e-3)[:, None], ROOF_SHADE * base, base)
     on_wall = (x > HOUSE_BODY_HALF[0] - 0.01) & (z < HOUSE_ROOF_BASE - 0.01)
     door = on_wall & (y.abs() < DOOR_HALF_WIDTH) & (z < DOOR_TOP)
     window = on_wall & (y.abs() > WINDOW_Y[0]) & (y.abs() < WINDOW_Y[1]) & (z > WINDOW_Z[0]) & (z < WINDOW_Z[1])
-    out = torch.where(door[:, None], p.new_tensor(DOOR_COLOUR).expand_as(base), base)
-    return torch.where(window[:, None], p.new_tensor(WINDOW_COLOUR).expand_as(base), out)
+    return _paint(window, WINDOW_COLOUR, _paint(door, DOOR_COLOUR, base))
 
 
-def albedo(shape: str, colour: str | Tensor, p: Tensor) -> Tensor:
+def _tv_albedo(p: Tensor, base: Tensor) -> Tensor:
+    """The screen on the front face (x = +0.06)."""
+    x, y, z = p[:, 0], p[:, 1], p[:, 2]
+    screen = ((x > TV_BODY_CENTRE[0] + TV_BODY_HALF[0] - 0.005) & (y.abs() < TV_SCREEN_HALF_WIDTH)
+              & (z > TV_SCREEN_Z[0]) & (z < TV_SCREEN_Z[1]))
+    return _paint(screen, SCREEN_COLOUR, base)
+
+
+def albedo(shape: str, colour: str | Tensor, p: Tensor, variant: str = "true") -> Tensor:
     """Albedo at surface points. colour: name, RGB [3] or per-point RGB [N,3]; p: [N,3] -> [N,3] in [0,1].
 
-    Plain objects are uniformly ``colour``. The house's roof is a darker shade of it, and its front wall (+x) carries
-    a dark-brown door and two light-blue windows.
+    Objects are uniformly ``colour`` except: the house's roof is a darker shade of it and its front wall (+x) carries
+    a dark-brown door and two light-blue windows; the tv's front face carries a near-black screen. ``variant``
+    folds p as :func:`sdf` does, so the paint follows the geometry.
     """
     check_shape(shape)
     base = colour_rgb(colour, p.shape[0], p)
-    if shape != "house":
-        return base.clone()
-    roof = p[:, 2] > HOUSE_ROOF_BASE - 1e-3
-    base = torch.where(roof[:, None], ROOF_SHADE * base, base)
-    return front_feature_albedo(p, base)
+    p = fold(p, variant)
+    if shape == "house":
+        return _house_albedo(p, base)
+    if shape == "tv":
+        return _tv_albedo(p, base)
+    return base.clone()

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreamgen.cameras import Cameras, rays
-from dreamgen.world.objects import BOUND, albedo, check_shape, colour_rgb, sdf
+from dreamgen.world.objects import BOUND, VARIANTS, albedo, check_shape, colour_rgb, sdf
 
 # White: every world colour contrasts with it (none is white or light grey); the prior is trained with it.
 DEFAULT_BACKGROUND: tuple[float, float, float] = (1.0, 1.0, 1.0)
@@ -87,18 +87,22 @@ def render(shape: str, colour: str | Sequence[str] | Tensor, cams: Cameras,
            background: Sequence[float] = DEFAULT_BACKGROUND, light: str | Tensor = "camera", supersample: int = 1,
            max_steps: int = 48, ambient: float = AMBIENT,
            albedo_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
-           sdf_fn: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """Render one shape for B cameras.
+           sdf_fn: Callable[[Tensor], Tensor] | None = None, variant: str = "true") -> tuple[Tensor, Tensor, Tensor]:
+    """Render one shape for B cameras, on the cameras' device.
 
     colour: one name, B names (one per camera) or RGB [3] / [B,3].
     supersample: s renders s·H × s·W pixels and box-filters them down (anti-aliasing).
-    albedo_fn(p [N,3], base_rgb [N,3]) -> [N,3] replaces the shape's albedo (e.g. a two-faced house);
+    variant: ``true``, ``two_faced`` or ``faceless`` (:data:`dreamgen.world.objects.VARIANTS`), the object or one of
+    its Janus references, geometry and paint alike.
+    albedo_fn(p [N,3], base_rgb [N,3]) -> [N,3] replaces the shape's albedo;
     sdf_fn(p [N,3]) -> [N] replaces the shape's SDF (e.g. a scaled object; it must stay inside the bounding ball).
 
     Returns rgb [B,H,W,3] in [0,1] (composited over ``background``), mask [B,H,W] bool (pixel coverage ≥ 1/2) and
     depth [B,H,W] (mean ray distance to the surface over the covered subpixels, 0 on the background).
     """
     check_shape(shape)
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; known variants: {', '.join(VARIANTS)}")
     B, H, W, s = len(cams), cams.height, cams.width, int(supersample)
     dev, dt = cams.c2w.device, cams.c2w.dtype
     if isinstance(colour, (list, tuple)):
@@ -110,7 +114,7 @@ def render(shape: str, colour: str | Sequence[str] | Tensor, cams: Cameras,
     fine = replace(cams, height=H * s, width=W * s) if s > 1 else cams
     origins, dirs = rays(fine)  # [B,sH,sW,3]
     n_pix = H * s * W * s
-    sdf_one = sdf_fn or (lambda p: sdf(shape, p))
+    sdf_one = sdf_fn or (lambda p: sdf(shape, p, variant))
     t, hit = sphere_trace(shape, origins.reshape(-1, 3), dirs.reshape(-1, 3), max_steps=max_steps, sdf_fn=sdf_one)
 
     rgb = torch.tensor(list(background), dtype=dt, device=dev).expand(B * n_pix, 3).clone()
@@ -119,7 +123,7 @@ def render(shape: str, colour: str | Sequence[str] | Tensor, cams: Cameras,
         cam_of_ray = hit_idx // n_pix
         p = origins.reshape(-1, 3)[hit_idx] + t[hit_idx, None] * dirs.reshape(-1, 3)[hit_idx]
         base = base_cam[cam_of_ray]
-        a = albedo_fn(p, base) if albedo_fn is not None else albedo(shape, base, p)
+        a = albedo_fn(p, base) if albedo_fn is not None else albedo(shape, base, p, variant)
         n = sdf_normals(sdf_one, p)
         lam = (n * light_directions(cams, light)[cam_of_ray]).sum(-1).clamp(min=0)
         rgb[hit_idx] = (a * (ambient + (1.0 - ambient) * lam[:, None])).clamp(0, 1)
