@@ -16,6 +16,7 @@ The RewardSDS paper scores with ImageReward or an aesthetic predictor; wrap one 
 from __future__ import annotations
 
 import importlib
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -46,11 +47,22 @@ def register_reward(name: str) -> Callable[[RewardFn], RewardFn]:
     return deco
 
 
+ALLOW_IMPORTS = "DREAMGEN_ALLOW_IMPORTS"
+
+
 def import_callable(spec: str) -> Callable:
-    """``"package.module:function"`` -> the function, with errors that say what is wrong."""
+    """``"package.module:function"`` -> the function, with errors that say what is wrong.
+
+    Importing a module runs its code, and a config can come from anyone, so a config may name code only when the
+    user running dreamgen allows that module: ``DREAMGEN_ALLOW_IMPORTS=package.module`` (comma-separated).
+    """
     module, sep, attr = spec.partition(":")
     if not sep or not module or not attr:
         raise ConfigError(f"expected 'package.module:function', got {spec!r}")
+    allowed = {m.strip() for m in os.environ.get(ALLOW_IMPORTS, "").split(",") if m.strip()}
+    if module not in allowed:
+        raise ConfigError(f"the config names code to import ({spec!r}); importing runs it, so dreamgen does that only "
+                          f"for modules you allow: {ALLOW_IMPORTS}={module} dreamgen ...")
     try:
         fn = getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as e:

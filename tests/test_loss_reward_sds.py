@@ -79,12 +79,15 @@ def test_strategies_combine_the_noises_by_their_rewards(strategy):
     assert r.std() > 0 and out.logs["reward_spread"] > 0
 
 
-def test_min_max_needs_enough_noises_and_rewards_resolve_by_name_or_path():
+def test_min_max_needs_enough_noises_and_rewards_resolve_by_name_or_path(monkeypatch):
     guidance = gaussian_guidance()
     with pytest.raises(ConfigError, match="n_noises ≥ 4"):
         RewardSDS(RewardSDSConfig(n_noises=3), guidance)
     with pytest.raises(ConfigError, match="unknown reward"):
         get_reward("imagereward")
+    with pytest.raises(ConfigError, match="DREAMGEN_ALLOW_IMPORTS=distill_helpers dreamgen"):
+        get_reward("distill_helpers:constant_reward")  # code named by a config is not imported by default
+    monkeypatch.setenv("DREAMGEN_ALLOW_IMPORTS", "no_such_module,distill_helpers")
     with pytest.raises(ConfigError, match="cannot import"):
         get_reward("no_such_module:fn")
     assert get_reward("distill_helpers:constant_reward") is distill_helpers.constant_reward

@@ -200,6 +200,23 @@ def test_chunking_does_not_change_the_render():
         torch.testing.assert_close(a[key], b[key])
 
 
+@pytest.mark.parametrize("shading", ["albedo", "lambertian"])  # lambertian: analytic normals (double backward)
+def test_checkpointed_chunks_give_the_same_training_render_and_gradients(shading):
+    torch.manual_seed(0)
+    geo = HashGridNeRF(NeRFConfig(grid=TINY_GRID))
+    grads = []
+    for ckpt in (False, True):
+        geo.zero_grad()
+        torch.manual_seed(1)  # the same stratified jitter
+        out = renderer(geo, num_samples=16, chunk=9, checkpoint_rays=16 if ckpt else 0)(cameras(5), shading=shading,
+                                                                                       train=True)
+        (out["rgb"].square().sum() + out["orient_loss"]).backward()
+        grads.append((out["rgb"].detach(), [p.grad.clone() for p in geo.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b)
+
+
 def test_training_render_draws_shading_modes_and_is_differentiable():
     torch.manual_seed(0)
     geo = HashGridNeRF(NeRFConfig(grid=TINY_GRID))

@@ -12,6 +12,7 @@ returns ε: a v-prediction model's output is converted with ε = a_t·v + s_t·x
 from __future__ import annotations
 
 import copy
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from dreamgen.errors import GuidanceLoadError
 from dreamgen.guidance.base import Guidance, LoRAScore
 from dreamgen.registry import register
 
+log = logging.getLogger("dreamgen")
 PIPELINE_SUBFOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 PREDICTION_TYPES = ("epsilon", "v_prediction")
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]  # every attention projection, as in ProlificDreamer
@@ -37,6 +39,9 @@ class StableDiffusionConfig:
     half_precision: bool = True  # fp16 weights on CUDA; CPU always runs fp32
     enable_attention_slicing: bool = False  # lower peak memory at some speed cost
     local_files_only: bool | None = None  # None: follow HF_HUB_OFFLINE
+    # Weights load from safetensors only: pickle (.bin/.ckpt) files can run code when loaded. True (for a source you
+    # trust) also accepts pickle weights, with a warning.
+    allow_pickle: bool = False
     lora_pretrained: str | None = None  # UNet for trainable_copy (e.g. SD 2.1 v-pred for VSD); None: the same UNet
 
 
@@ -103,13 +108,17 @@ def _loading_errors() -> tuple[type[BaseException], ...]:
     return (OSError, ValueError, KeyError, EntryNotFoundError, HfHubHTTPError)
 
 
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
 class _Loader:
     """Shared ``from_pretrained`` arguments and error translation for one source."""
 
-    def __init__(self, source: str, local_files_only: bool | None):
+    def __init__(self, source: str, local_files_only: bool | None, allow_pickle: bool = False):
         self.source = source
         self.offline = _env_flag("HF_HUB_OFFLINE") if local_files_only is None else local_files_only
         self.kwargs = {"cache_dir": _hub_cache_dir(), "local_files_only": self.offline}
+        self.allow_pickle = allow_pickle
 
     def load(self, cls, subfolder: str, **kwargs):
         try:
@@ -117,11 +126,26 @@ class _Loader:
         except _loading_errors() as e:
             raise _load_error(self.source, self.offline, e) from None
 
+    def load_weights(self, cls, subfolder: str, **kwargs):
+        """A model with weights: safetensors only unless pickle is allowed (then with a one-line warning)."""
+        folder = Path(self.source).expanduser() / subfolder
+        if folder.is_dir() and not any(folder.glob("*.safetensors")):
+            pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+            if pickles and not self.allow_pickle:
+                raise GuidanceLoadError(
+                    f"refusing to load {folder / pickles[0]}: pickle weights can run code when loaded, and dreamgen "
+                    f"loads safetensors only; convert the pipeline to safetensors, or, if you trust its source, set "
+                    f"guidance.allow_pickle=true")
+            if pickles:
+                log.warning("warning: loading pickle weights %s (guidance.allow_pickle=true): only do this for a "
+                            "source you trust", folder / pickles[0])
+        return self.load(cls, subfolder, use_safetensors=not self.allow_pickle, **kwargs)
+
     def unet_and_schedule(self, dtype: torch.dtype) -> tuple[nn.Module, Tensor, str]:
         """(unet, alphas_cumprod [T] float32, prediction_type) of the source's training schedule."""
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
-        unet = self.load(UNet2DConditionModel, "unet", torch_dtype=dtype)
+        unet = self.load_weights(UNet2DConditionModel, "unet", torch_dtype=dtype)
         # The training schedule only: any SD scheduler config (PNDM, DDIM, ...) gives the same betas to DDPM.
         sched = self.load(DDPMScheduler, "scheduler")
         prediction_type = sched.config.prediction_type
@@ -169,13 +193,13 @@ class StableDiffusionGuidance(Guidance):
         device = torch.device(device)
         self.dtype = torch.float16 if cfg.half_precision and device.type == "cuda" else torch.float32
         _check_source(cfg.pretrained, PIPELINE_SUBFOLDERS)
-        loader = _Loader(cfg.pretrained, cfg.local_files_only)
+        loader = _Loader(cfg.pretrained, cfg.local_files_only, cfg.allow_pickle)
         unet, alphas_cumprod, self.prediction_type = loader.unet_and_schedule(self.dtype)
         self.tokenizer = loader.load(CLIPTokenizer, "tokenizer")
         self.unet = unet.to(device)
-        self.vae = loader.load(AutoencoderKL, "vae", torch_dtype=self.dtype).to(device)
+        self.vae = loader.load_weights(AutoencoderKL, "vae", torch_dtype=self.dtype).to(device)
         # Cast after loading: transformers renamed its torch_dtype argument to dtype in 4.56.
-        self.text_encoder = loader.load(CLIPTextModel, "text_encoder").to(device=device, dtype=self.dtype)
+        self.text_encoder = loader.load_weights(CLIPTextModel, "text_encoder").to(device=device, dtype=self.dtype)
         self.requires_grad_(False)
         self.eval()
         if cfg.enable_attention_slicing:
@@ -226,7 +250,7 @@ class StableDiffusionGuidance(Guidance):
             unet, prediction_type = copy.deepcopy(self.unet), self.prediction_type
         else:
             _check_source(source, ("unet", "scheduler"))
-            loader = _Loader(source, self.cfg.local_files_only)
+            loader = _Loader(source, self.cfg.local_files_only, self.cfg.allow_pickle)
             unet, alphas_cumprod, prediction_type = loader.unet_and_schedule(self.dtype)
             # The losses noise with the guidance's schedule, so the copy must have been trained on the same one.
             if alphas_cumprod.shape != self.alphas_cumprod.shape or not torch.allclose(
