@@ -143,6 +143,8 @@ class Trainer:
         self.checkpoint_step: int | None = None  # step of the newest checkpoint written or loaded
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" and cfg.trainer.mixed_precision else nullcontext())
+        if self.device.type == "cuda":  # fixed shapes per resolution: let cuDNN pick its fastest convolutions
+            torch.backends.cudnn.benchmark = True
 
     def _debiased_prompts(self) -> dict[str, str] | None:
         """D-SDS prompt debiasing, when the loss config names a masked language model."""
