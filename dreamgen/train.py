@@ -225,18 +225,20 @@ class Trainer:
         for r in self.renderers:
             r.update_occupancy(step)
 
+        draws = self.random.snapshot()  # the source is rendered with the same draws (shading, light, jitter)
+        # Mixed precision for the renderer only: the guidance runs in its own dtype (fp16 SD weights under a bf16
+        # autocast would be cast to bf16 at every layer of every call).
         with self.autocast:
-            draws = self.random.snapshot()  # the source is rendered with the same draws (shading, light, jitter)
             outs, times["render"] = timed(lambda: [r(cams, shading="random", train=True) for r in self.renderers],
                                           sync)
-            rgb = torch.cat([o["rgb"] for o in outs])  # [P*B,H,W,3], particle-major
-            x, times["encode"] = timed(lambda: self.guidance.encode_images(rgb), sync)
-            inp = self._loss_input(x, rgb, outs, cams)
-            if self.source is not None:
-                inp.source_x, inp.source_cond = self._source_input(cams, draws)
-            loss_out, times["loss"] = timed(lambda: self.loss(inp), sync)
-            reg = self._regularisers(outs, step)
-            total = loss_out.loss + sum(reg.values())
+        rgb = torch.cat([o["rgb"] for o in outs]).float()  # [P*B,H,W,3], particle-major
+        x, times["encode"] = timed(lambda: self.guidance.encode_images(rgb), sync)
+        inp = self._loss_input(x, rgb, outs, cams)
+        if self.source is not None:
+            inp.source_x, inp.source_cond = self._source_input(cams, draws)
+        loss_out, times["loss"] = timed(lambda: self.loss(inp), sync)
+        reg = self._regularisers(outs, step)
+        total = loss_out.loss + sum(reg.values())
 
         if not torch.isfinite(total):
             raise NonFiniteError(f"the loss became {total.item()} at step {step}; lower trainer.lr or the guidance "
@@ -273,7 +275,8 @@ class Trainer:
         scene, prompts = self.source
         after = self.random.snapshot()
         self.random.restore(draws)
-        rgb = scene.renderers[0](cams, shading="random", train=True)["rgb"]
+        with self.autocast:
+            rgb = scene.renderers[0](cams, shading="random", train=True)["rgb"].float()
         self.random.restore(after)
         P = len(self.particles)
         cond = self.guidance.condition(prompts.cond(cams.view_idx.repeat(P)), cams)

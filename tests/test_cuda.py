@@ -53,21 +53,22 @@ def test_mixed_precision_step_is_finite_and_matches_fp32(tiny_sd_path, tmp_path)
     from dreamgen.session import Session
     from dreamgen.testing import SMALL_RUN
 
-    updates = []
+    grads = []
     for mixed in (False, True):
         cfg = load_config(None, [*SMALL_RUN, "camera.resolution=[32]", f"trainer.mixed_precision={mixed}",
                                  "guidance.half_precision=false", "trainer.progress=false"],
                           prompt="a hamburger", seed=2, device="cuda",
                           **{"guidance.name": "stable-diffusion", "guidance.pretrained": str(tiny_sd_path)})
         tr = Session.new(cfg, run_dir=tmp_path / str(mixed)).trainer
-        before = torch.cat([p.detach().flatten() for p in tr.scene.parameters()]).clone()
         rec = tr.train_step()
         assert torch.isfinite(torch.tensor(rec["loss"]))
-        updates.append((rec["loss"], torch.cat([p.detach().flatten() for p in tr.scene.parameters()]) - before))
-    (loss32, d32), (loss16, d16) = updates
+        # The gradient, not the parameter update: Adam's first step is ≈ lr·sign(g), whose entries with tiny
+        # gradients flip sign under any rounding (an earlier version of this test measured cosine 0.81 there).
+        grads.append((rec["loss"], torch.cat([p.grad.flatten() for p in tr.scene.parameters() if p.grad is not None])))
+    (loss32, g32), (loss16, g16) = grads
     assert abs(loss16 - loss32) <= 0.05 * abs(loss32) + 1e-6
-    cos = torch.nn.functional.cosine_similarity(d32, d16, dim=0).item()
-    assert cos > 0.95, f"bf16 step direction vs fp32: cosine {cos:.3f}"
+    cos = torch.nn.functional.cosine_similarity(g32, g16, dim=0).item()
+    assert cos > 0.95, f"bf16 gradient vs fp32: cosine {cos:.3f}"
 
 
 def test_sd_fp16_noise_prediction_matches_fp32(tiny_sd_path):

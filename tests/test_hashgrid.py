@@ -117,3 +117,12 @@ def test_make_hash_grid_picks_torch_on_cpu_and_rejects_tcnn_there():
         make_hash_grid(HashGridConfig(backend="tcnn"), "cpu")
     with pytest.raises(ValueError, match="backend"):
         make_hash_grid(HashGridConfig(backend="cuda"), "cpu")
+
+
+def test_no_points_give_no_features_and_a_gradient():
+    """A render chunk whose samples all fall in empty space evaluates the grid on zero points (seen on a GPU)."""
+    enc = HashGridEncoding(HashGridConfig(n_levels=3, log2_hashmap_size=10, base_resolution=4, per_level_scale=2.0))
+    out = enc(torch.zeros(0, 3))
+    assert out.shape == (0, 6)
+    out.sum().backward()
+    assert enc.table.grad is not None and not enc.table.grad.any()

@@ -128,9 +128,10 @@ class HashGridEncoding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x: [N,3] in [0,1]^3 -> [N, n_levels * n_features_per_level]."""
-        n, L = x.shape[0], self.cfg.n_levels
+        n, L, F_ = x.shape[0], self.cfg.n_levels, self.cfg.n_features_per_level
         idx, frac = self.vertex_indices(x.to(self.table.dtype))
-        f = _GatherRows.apply(self.table, idx.reshape(-1)).reshape(n, L, 2, 2, 2, -1)  # [N,L,2,2,2,F]
+        # Explicit F: a chunk with no samples (empty space everywhere) must give [0, L·F], not fail to reshape.
+        f = _GatherRows.apply(self.table, idx.reshape(-1)).reshape(n, L, 2, 2, 2, F_)  # [N,L,2,2,2,F]
         # Trilinear blend as three lerps (x, then y, then z): cheaper backward than an 8-weight product.
         f = torch.lerp(f[:, :, 0], f[:, :, 1], frac[:, :, 0, None, None, None])  # [N,L,2,2,F]
         f = torch.lerp(f[:, :, 0], f[:, :, 1], frac[:, :, 1, None, None])  # [N,L,2,F]
