@@ -155,6 +155,18 @@ def config_presets() -> None:
 
 
 @app.command()
+def doctor(
+    config: Optional[str] = CONFIG,
+    loss: Optional[str] = LOSS,
+    guidance: Optional[str] = GUIDANCE,
+) -> None:
+    """What this machine will use: versions, GPU, backends, Stable Diffusion weights, memory of a recipe."""
+    from dreamgen.doctor import format_report, report
+
+    typer.echo(format_report(report(config, loss, guidance)))
+
+
+@app.command()
 def losses() -> None:
     """List every distillation loss: summary, paper, extra state, denoiser evaluations per step."""
     from rich.console import Console

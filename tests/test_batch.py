@@ -17,7 +17,7 @@ from dreamgen.testing import SMALL_RUN
 from dreamgen.batch import runner
 from dreamgen.batch.inputs import BatchInputError, read_batch_file
 from dreamgen.batch.manifest import Manifest
-from dreamgen.batch.runner import SignalGuard, make_job
+from dreamgen.batch.runner import make_job
 from dreamgen.cli import main
 from dreamgen.config import load_config
 from dreamgen.errors import DreamgenError
@@ -124,13 +124,18 @@ def test_cli_lists_problems_and_runs_nothing(monkeypatch, capsys, tmp_path):
 
 
 def test_check_validates_item_configs_without_running(monkeypatch, capsys, tmp_path):
+    long = "a red cube " * 200
     f = _write(tmp_path / "p.jsonl", '"a red cube"\n{"prompt": "a blue cube", "loss": "nope"}\n'
-                                     '{"prompt": "a torus", "overrides": {"trainer.stepz": 3}}\n')
+                                     '{"prompt": "a torus", "overrides": {"trainer.stepz": 3}}\n'
+                                     f'"a corgi"\n{{"prompt": "{long}", "name": "long"}}\n')
     code, _, err = _cli(monkeypatch, capsys, f, "--out", tmp_path / "out", "--check")
     lines = err.strip().splitlines()
     assert code == 2
     assert lines[0].startswith("p.jsonl:2: item 'a-blue-cube': unknown loss 'nope'")
     assert lines[1].startswith("p.jsonl:3: item 'a-torus': unknown key 'trainer.stepz'")
+    # What the run would reject, --check reports: words the embedded prior does not know, a runaway prompt.
+    assert lines[2].startswith("p.jsonl:4: item 'a-corgi': unknown word 'corgi' for the embedded prior")
+    assert lines[3].startswith(f"p.jsonl:5: item 'long': the prompt is {len(long.strip())} characters long")
     _write(f, '"a red cube"\n"a blue cube"\n')
     code, out, _ = _cli(monkeypatch, capsys, f, "--out", tmp_path / "out", "--check")
     assert code == 0 and out.splitlines()[:2] == ["a-red-cube\tnew\ta red cube", "a-blue-cube\tnew\ta blue cube"]
@@ -145,32 +150,18 @@ def test_manifest_refuses_a_name_reused_for_another_prompt(tmp_path):
         Manifest.open(tmp_path / "out", moved, "p.jsonl", [])
 
 
-def test_signal_guard_defers_to_the_step_end(tmp_path):
-    with SignalGuard() as guard:
-        guard.in_step = True
-        os.kill(os.getpid(), signal.SIGTERM)  # deferred: recorded, not raised
-        assert guard.pending
-        with pytest.raises(KeyboardInterrupt):
-            os.kill(os.getpid(), signal.SIGTERM)  # a second signal in the same step interrupts at once
-        guard.in_step = False
-        with pytest.raises(KeyboardInterrupt):
-            guard.check()
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
-
-
 def test_guidance_cache_is_an_lru_per_process(monkeypatch):
     from dreamgen.guidance import auto
     from dreamgen.guidance.shapes import ShapesGuidanceConfig
 
     builds = []
-    monkeypatch.setattr(auto, "build_guidance", lambda cfg, dev: builds.append(cfg.weights) or (object(), cfg))
+    monkeypatch.setattr(auto, "build_guidance", lambda cfg, dev: builds.append(cfg.weights) or object())
     runner._guidance_cache.clear()
     a, b, cpu = ShapesGuidanceConfig(weights="a"), ShapesGuidanceConfig(weights="b"), torch.device("cpu")
-    g1, concrete = runner.cached_guidance(a, cpu, size=1)
-    g, concrete2 = runner.cached_guidance(ShapesGuidanceConfig(weights="a"), cpu, size=1)  # an equal config: a hit
-    assert g is g1 and concrete2 == a and concrete2 is not concrete  # callers may edit their copy of the config
+    g1 = runner.cached_guidance(a, cpu, size=1)
+    assert runner.cached_guidance(ShapesGuidanceConfig(weights="a"), cpu, size=1) is g1  # an equal config: a hit
     runner.cached_guidance(b, cpu, size=1)  # evicts a
-    assert runner.cached_guidance(a, cpu, size=2)[0] is not g1
+    assert runner.cached_guidance(a, cpu, size=2) is not g1
     runner.cached_guidance(b, cpu, size=2)  # size 2 keeps both
     assert builds == ["a", "b", "a"]
     runner._guidance_cache.clear()
@@ -212,7 +203,7 @@ def test_poisoned_item_fails_alone_rerun_skips_retry_reruns(monkeypatch, capsys,
     for name in ("a-red-cube", "a-blue-sphere", "a-red-cube-2"):
         assert (out / items[name]["mesh"]).is_file() and items[name]["step"] == 2
         assert items[name]["final_loss"] is not None and items[name]["attempts"] == 1
-    assert builds == ["auto"]  # one guidance for all items
+    assert builds == ["shapes"]  # one guidance for all items (auto resolved when each config was composed)
     summary = (out / "summary.md").read_text()
     assert "3 done, 1 failed" in summary and summary.count("\n| ") == 5  # header + 4 items
     from PIL import Image
@@ -259,11 +250,12 @@ def test_killed_batch_resumes_from_checkpoint(tmp_path, sig):
     if sig == signal.SIGKILL:
         assert proc.returncode == -signal.SIGKILL and rec["status"] == "running"
     else:
-        assert proc.returncode == 2, err
-        assert "interrupted during 'a-red-cube' at step" in err.strip().splitlines()[-1]
+        assert proc.returncode == 143, err
+        last = err.strip().splitlines()[-1]
+        assert "interrupted by SIGTERM during 'a-red-cube' at step" in last and "continue with: dreamgen batch" in last
         assert rec["status"] == "interrupted"
-        assert torch.load(ckpt, weights_only=False)["step"] == rec["step"] > 0
-    stopped_at = torch.load(ckpt, weights_only=False)["step"]
+        assert torch.load(ckpt, weights_only=True)["step"] == rec["step"] > 0
+    stopped_at = torch.load(ckpt, weights_only=True)["step"]
     assert 0 < stopped_at < 12
 
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

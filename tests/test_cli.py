@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import trimesh
 
-from dreamgen.testing import SMALL_RUN
 from dreamgen.cli import main
+from dreamgen.testing import SMALL_RUN
 
 TINY = [*SMALL_RUN, "renderer.num_samples=12", "trainer.preview_every=5", "export.resolution=32",
         "trainer.checkpoint_every=5", "export.texture_size=64", "export.turntable_frames=4"]
@@ -20,26 +20,107 @@ TINY = [*SMALL_RUN, "renderer.num_samples=12", "trainer.preview_every=5", "expor
 
 def _cli(monkeypatch, capsys, *args):
     monkeypatch.setattr(sys, "argv", ["dreamgen", *args])
-    with pytest.raises(SystemExit) as e:
+    try:
         main()
-    return e.value.code, capsys.readouterr()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr()
 
 
-@pytest.mark.parametrize("args,expected", [
-    (["run", "a red cube", "--loss", "nope"], "unknown loss 'nope'; valid names:"),
-    (["run", "a red cube", "trainer.stepz=3"], "unknown key 'trainer.stepz'"),
-    (["run", "a red cube", "--guidance", "/no/such/folder"], "could not load Stable Diffusion"),
-    (["run", "   "], "prompt is empty"),
-    (["run", "a red cube", "trainer.steps"], "key=value"),
-    (["export", "/no/such/run"], "not a run folder"),
+@pytest.mark.parametrize("args,expected,code", [
+    (["run", "a red cube", "--loss", "nope"], "unknown loss 'nope'; valid names:", 2),
+    (["run", "a red cube", "trainer.stepz=3"], "unknown key 'trainer.stepz'", 2),
+    (["run", "a red cube", "--guidance", "/no/such/folder"], "could not load Stable Diffusion", 2),
+    (["run", "   "], "prompt is empty", 2),
+    (["run", "a corgi"], "unknown word 'corgi' for the embedded prior", 2),
+    (["run", "a red cube", "trainer.steps"], "key=value", 2),
+    (["run", "a red cube", "trainer.checkpoint_every=0"], "trainer.checkpoint_every=0: must be ≥ 1", 2),
+    (["run", "a red cube", "camera.resolution=[0]"], "camera.resolution=[0]: must be > 0", 2),
+    (["run", "a red cube", "device=tpu"], "device='tpu': must be auto, cpu, cuda or cuda:N", 2),
+    (["run", "a red cube", "geometry.name=dmtet"], "the coarse stage renders a density field", 2),
+    (["run", "a red cube", "prompt=${oc.env:DREAMGEN_SURELY_UNSET}"], "cannot compose the config", 2),
+    (["run", "--resume", "/no/such/run"], "not a run folder", 2),
+    (["export", "/no/such/run"], "not a run folder", 2),
+    (["eval", "/no/such/run"], "not a run folder", 2),
+    (["edit", "/no/such/run", "a blue cube"], "not a run folder", 2),
 ])
-def test_bad_input_one_line_error(monkeypatch, capsys, tmp_path, args, expected):
+def test_bad_input_one_line_error(monkeypatch, capsys, tmp_path, args, expected, code):
     monkeypatch.chdir(tmp_path)
-    code, out = _cli(monkeypatch, capsys, *args, *(["--out", str(tmp_path)] if args[0] == "run" else []))
-    assert code not in (0, None)
+    got, out = _cli(monkeypatch, capsys, *args, *(["--out", str(tmp_path)] if args[:2] != ["run", "--resume"]
+                                                   and args[0] == "run" else []))
+    assert got == code
     err = out.err.strip().splitlines()
     assert err and expected in err[-1] and "Traceback" not in out.err
     assert not any(p.is_dir() for p in tmp_path.iterdir())  # no half-made run folder
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], [], ["run", "--steps", "abc"], ["run", "--steps", "0", "x"],
+                                  ["eval", "x", "--views", "0"], ["eval", "x", "--resolution", "0"],
+                                  ["lab2d", "--loss", "sds", "--n-particles", "0"]])
+def test_usage_errors_exit_2_with_the_usage_line(monkeypatch, capsys, args):
+    code, out = _cli(monkeypatch, capsys, *args)
+    assert code == 2 and "Usage: dreamgen" in out.err + out.out and "Traceback" not in out.err
+
+
+@pytest.mark.parametrize("where", ["file", "proc"])
+def test_out_that_cannot_hold_a_run_folder(monkeypatch, capsys, tmp_path, where):
+    out = tmp_path / "a-file" if where == "file" else Path("/proc/dreamgen-test")
+    if where == "file":
+        out.write_text("not a folder")
+    code, captured = _cli(monkeypatch, capsys, "run", "a red cube", "--out", str(out), "--steps", "2")
+    err = captured.err.strip().splitlines()[-1]
+    assert code == 1 and err.startswith("error: cannot create the run folder") and "--out must name a writable" in err
+
+
+def test_a_full_disk_leaves_nothing_half_written(monkeypatch, tmp_path):
+    import errno
+    import os
+
+    from dreamgen.errors import RunFailure
+    from dreamgen.runs import atomic_write_text
+
+    target = tmp_path / "config.yaml"
+    target.write_text("the previous, complete file")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(RunFailure, match=f"cannot write {target}: No space left on device; free some space"):
+        atomic_write_text(target, "new text")
+    assert target.read_text() == "the previous, complete file" and [p.name for p in tmp_path.iterdir()] == [
+        "config.yaml"]
+
+
+def test_resume_honours_or_refuses_each_flag(monkeypatch, capsys, caplog, tmp_path):
+    from dreamgen.config import load_config
+    from dreamgen.session import Session
+
+    cfg = load_config(None, [*SMALL_RUN, "renderer.num_samples=8", "trainer.progress=false", "trainer.preview_every=0",
+                             "export.texture=false", "export.turntable_frames=0", "export.resolution=32"],
+                      prompt="a red cube", **{"trainer.steps": 2, "trainer.checkpoint_every": 1})
+    session = Session.new(cfg, run_dir=tmp_path / "run")
+    session.fit()
+    run = session.run_dir
+    for flag, value in (("--loss", "vsd"), ("--seed", "3"), ("--out", str(tmp_path)), ("--config", "esd"),
+                        ("--guidance", "shapes")):
+        code, out = _cli(monkeypatch, capsys, "run", "--resume", str(run), flag, value)
+        assert code == 2 and f"error: {flag} cannot be used with --resume" in out.err.strip().splitlines()[-1]
+    with caplog.at_level("INFO", logger="dreamgen"):
+        code, out = _cli(monkeypatch, capsys, "run", "--resume", str(run), "--steps", "3")
+    assert code == 0 and f"resuming {run} at step 2/3" in caplog.text
+    assert [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+
+def test_nan_at_the_first_step_exits_1_and_says_no_checkpoint_exists(monkeypatch, capsys, tmp_path):
+    from dreamgen.guidance.shapes import ShapesGuidance
+
+    monkeypatch.setattr(ShapesGuidance, "encode_images", lambda self, rgb: rgb.permute(0, 3, 1, 2) * float("nan"))
+    code, out = _cli(monkeypatch, capsys, "run", "a red cube", "--out", str(tmp_path), "--steps", "3", *SMALL_RUN)
+    err = out.err.strip().splitlines()[-1]
+    assert code == 1 and "Traceback" not in out.err
+    assert err.startswith("error: the loss became nan at step 0") and err.endswith("no checkpoint was written yet)")
 
 
 def test_losses_lists_every_loss(monkeypatch, capsys):
@@ -90,7 +171,7 @@ def test_run_resume_export_end_to_end(tiny_sd_path, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     (edited,) = edit_out.iterdir()
     assert edited.name.startswith("a-cheeseburger-") and (edited / "mesh.glb").exists()
-    res = subprocess.run([sys.executable, "-m", "dreamgen", "run", "--from", str(run), f"out_dir={fine_out}",
+    res = subprocess.run([sys.executable, "-m", "dreamgen", "run", "--from", str(run), "--out", str(fine_out),
                           "fine.steps=2", "fine.resolution=16", "fine.geometry.grid_resolution=8"],
                          capture_output=True, text=True, env=env, timeout=600)
     assert res.returncode == 0, res.stderr[-2000:]

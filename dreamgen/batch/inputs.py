@@ -69,7 +69,15 @@ def read_batch_file(path: Path) -> list[BatchItem]:
     if suffix not in parsers:
         raise DreamgenError(f"unsupported prompt file {path.name!r}: use .txt, .jsonl or .yaml")
     problems: list[str] = []
-    raw = parsers[suffix](path.read_text(encoding="utf-8"), problems)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
+        raise DreamgenError(f"{path}:{line}: not UTF-8 text (byte {e.start}); a prompt file is text: .txt, .jsonl or "
+                            ".yaml") from None
+    except OSError as e:
+        raise DreamgenError(f"cannot read prompt file {path}: {e.strerror or type(e).__name__}") from None
+    raw = parsers[suffix](text, problems)
     items = []
     for line, value in raw:
         item = _item(value, line, problems)
