@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamgen.guidance.base import Guidance, LoRAScore
+from dreamgen.guidance.base import Guidance, LoRAScore, alpha_sigma
 from dreamgen.prior.io import load_prior
 from dreamgen.prior.model import denoise, v_to_eps
 from dreamgen.registry import register
@@ -28,12 +28,6 @@ LORA_TARGETS = ["conv1", "conv2", "time_emb_proj", "to_q", "to_k", "to_v", "to_o
 class ShapesGuidanceConfig:
     name: str = "shapes"
     weights: str = ""  # shapes_prior.safetensors path (its .json beside it); "" = the packaged weights
-
-
-def _schedule(ac: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(a_t, s_t) shaped [B,1,1,1] for ε/x0 conversions."""
-    ab = ac[t].reshape(-1, 1, 1, 1).to(like.dtype)
-    return ab.sqrt(), (1 - ab).sqrt()
 
 
 @register("guidance", "shapes", config=ShapesGuidanceConfig,
@@ -69,7 +63,7 @@ class ShapesGuidance(Guidance):
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor) -> Tensor:
         v = self.prior(x_t, t, text_emb)
-        return v_to_eps(v, x_t, *_schedule(self.alphas_cumprod, t, x_t))
+        return v_to_eps(v, x_t, *alpha_sigma(self.alphas_cumprod, t, x_t))
 
     def trainable_copy(self, lora_rank: int, camera_dim: int = 16) -> "ShapesLoRAScore":
         return ShapesLoRAScore(copy.deepcopy(self.prior.unet), self.prior.spec.patch, self.alphas_cumprod,
@@ -106,4 +100,4 @@ class ShapesLoRAScore(LoRAScore):
         """x_t [B,3,32,32], t [B], text_emb [B,cond_dim], camera [B,camera_dim] or None (null camera) -> ε."""
         cond = text_emb + self.camera_mlp(self.camera_or_null(camera, x_t))
         v = denoise(self.unet, self.patch, x_t, t, cond)
-        return v_to_eps(v, x_t, *_schedule(self.alphas_cumprod, t, x_t))
+        return v_to_eps(v, x_t, *alpha_sigma(self.alphas_cumprod, t, x_t))

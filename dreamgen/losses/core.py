@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from dreamgen.guidance.base import alpha_sigma
+
 WEIGHTINGS = ("sds", "uniform", "fantasia3d", "sigma_ratio")
 T_SAMPLINGS = ("uniform", "sqrt_anneal")
 
@@ -92,12 +94,9 @@ class ScoreCore:
         return t.expand(n).clone()
 
     # ---- schedule quantities, shaped [B,1,...,1] to broadcast against x -------------------------------------
-    def _view(self, v: Tensor, like: Tensor) -> Tensor:
-        return v.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
-
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        ab = self.alphas_cumprod.to(t.device)[t]
-        return self._view(ab.sqrt(), like), self._view((1 - ab).sqrt(), like)
+        """(a_t, s_t), each [B,1,...,1] in like's dtype."""
+        return alpha_sigma(self.alphas_cumprod, t, like)
 
     def weight(self, t: Tensor, like: Tensor, kind: str | None = None) -> Tensor:
         a, s = self.alpha_sigma(t, like)
