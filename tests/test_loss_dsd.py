@@ -1,17 +1,13 @@
-"""DSD (LOSSES.md §15) and the CFG DDIM sampler it shares with RewardSDS (ScoreCore.ddim_cfg_sample)."""
+"""DSD (Xu et al., 2024, arXiv 2412.06780; docs/losses.md) and the CFG DDIM sampler it shares with RewardSDS
+(ScoreCore.ddim_cfg_sample)."""
 
 from __future__ import annotations
 
 import torch
 
-from distill_helpers import SHAPE, alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 from dreamgen import registry
 from dreamgen.losses.dsd import DSD, DSDConfig
-
-
-def _e_cfg(guidance, z, t, cond, uncond, scale):
-    e_0 = exact_eps(guidance, z, t, uncond)
-    return e_0 + scale * (exact_eps(guidance, z, t, cond) - e_0)
+from loss_fixtures import SHAPE, alpha_sigma, exact_cfg, exact_eps, gaussian_guidance, loss_input, run
 
 
 def test_defaults_are_the_dsd_configs():
@@ -31,7 +27,7 @@ def test_ddim_cfg_sample_follows_the_exact_ode():
     core = DSD(DSDConfig(guidance_scale=3.0), guidance).core
     t_from = torch.tensor([999, 600])
     x0 = core.ddim_cfg_sample(inp.x.detach(), t_from, None, inp.cond, inp.uncond, 4)
-    mu_w = guidance.means[""] + 3.0 * (guidance.means["a cat"] - guidance.means[""])
+    mu_w = guidance.means[""] + 3.0 * (guidance.means["a cube"] - guidance.means[""])
     torch.testing.assert_close(x0, mu_w.expand(2, *SHAPE), rtol=1e-4, atol=1e-4)
 
     sigma = 0.5
@@ -64,13 +60,13 @@ def test_matches_closed_form_of_the_seed_path_for_each_particle():
     grid = (999 + (t_p - 999).float()[None] * torch.linspace(0, 1, 11)[:, None]).round().long()  # [11, 4]
     z = x_T
     for k in range(10):
-        e = _e_cfg(guidance, z, grid[k], inp.cond, inp.uncond, w)
+        e = exact_cfg(guidance, z, grid[k], inp.cond, inp.uncond, w)
         (a, s), (a_n, s_n) = alpha_sigma(guidance, grid[k]), alpha_sigma(guidance, grid[k + 1])
         z = a_n * (z - s * e) / a + s_n * e
-    eps_hat = _e_cfg(guidance, z, t_p, inp.cond, inp.uncond, w)
+    eps_hat = exact_cfg(guidance, z, t_p, inp.cond, inp.uncond, w)
     (a_t, s_t), (a_p, s_p) = alpha_sigma(guidance, t), alpha_sigma(guidance, t_p)
     x = inp.x.detach()
-    expected = s_t**2 * (_e_cfg(guidance, a_t * x + s_t * eps_hat, t, inp.cond, inp.uncond, w)
+    expected = s_t**2 * (exact_cfg(guidance, a_t * x + s_t * eps_hat, t, inp.cond, inp.uncond, w)
                          - exact_eps(guidance, a_p * x + s_p * eps_hat, t_p, inp.cond))
     assert (t_p > t).all()
     torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
@@ -82,7 +78,7 @@ def test_t_prime_equal_t_is_the_classifier_direction():
     inp = loss_input(guidance, b=2, step=25, total_steps=100)
     _, g = run(DSD(DSDConfig(plus_ratio=0.0), guidance), inp, seed=0)
     a, s = alpha_sigma(guidance, torch.tensor([650]))
-    dc = s * a * (guidance.means[""] - guidance.means["a cat"]) / ((a * sigma) ** 2 + s**2)  # e_y − e_0 at any x_t
+    dc = s * a * (guidance.means[""] - guidance.means["a cube"]) / ((a * sigma) ** 2 + s**2)  # e_y − e_0 at any x_t
     torch.testing.assert_close(g, (s**2 * 7.5 * dc).expand(2, *SHAPE), rtol=1e-4, atol=1e-5)
 
 

@@ -1,4 +1,5 @@
-"""RSD (LOSSES.md §14): closed form of the kernel repulsion, γ = 0 ⇒ SDS, repulsion spreads particles, N ≥ 3."""
+"""RSD (Zilberstein et al., ICLR 2025, arXiv 2406.16683; docs/losses.md): closed form of the kernel repulsion, γ = 0
+⇒ SDS, repulsion spreads particles, N ≥ 3."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import math
 import pytest
 import torch
 
-from distill_helpers import alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 from dreamgen.errors import DreamgenError
 from dreamgen.losses.rsd import RSD, RSDConfig
+from loss_fixtures import alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 
 
 def _replay(guidance, inp, seed, n, lo, hi):
@@ -54,10 +55,10 @@ def test_feature_plugins_apply_the_jacobian_transpose():
     inp = loss_input(guidance, b=4, n_particles=4)
     _, g_latent = run(RSD(RSDConfig(gamma=50.0), guidance), inp, seed=1)
     # f = 2·x_t: the median bandwidth absorbs the scale, so J = 2I gives the same update as f = x_t
-    _, g_doubled = run(RSD(RSDConfig(gamma=50.0, features="distill_helpers:doubled_features"), guidance), inp, seed=1)
+    _, g_doubled = run(RSD(RSDConfig(gamma=50.0, features="loss_fixtures:doubled_features"), guidance), inp, seed=1)
     torch.testing.assert_close(g_doubled, g_latent, rtol=1e-4, atol=1e-4)
 
-    _, g = run(RSD(RSDConfig(gamma=50.0, features="distill_helpers:pooled_tanh_features"), guidance), inp, seed=1)
+    _, g = run(RSD(RSDConfig(gamma=50.0, features="loss_fixtures:pooled_tanh_features"), guidance), inp, seed=1)
     x_t, s, sds = _replay(guidance, inp, 1, 4, 20, 980)
     v = _svgd_repulsion(torch.tanh(x_t).mean(dim=(2, 3)))  # [4, C]
     jac_t_v = torch.stack([torch.autograd.functional.vjp(lambda z: torch.tanh(z).mean(dim=(1, 2)), x_t[i], v[i])[1]
