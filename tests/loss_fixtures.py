@@ -82,6 +82,23 @@ def exact_cfg(guidance: GaussianGuidance, x_t: Tensor, t: Tensor, cond: Tensor, 
     return e_0 + scale * (exact_eps(guidance, x_t, t, cond) - e_0)
 
 
+def perp(a: Tensor, b: Tensor) -> Tensor:
+    """a − ⟨a,b⟩/‖b‖²·b, per sample."""
+    coef = (a * b).flatten(1).sum(1) / (b * b).flatten(1).sum(1)
+    return a - coef.reshape(-1, *([1] * (a.dim() - 1))) * b
+
+
+def exact_perp_neg_cond(guidance: GaussianGuidance, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor,
+                        perp_neg) -> Tensor:
+    """Perp-Neg's conditional prediction e_y + Σ_k w_k·perp(e_neg_k − e_0, e_y − e_0) of the prior."""
+    e_y, e_0 = exact_eps(guidance, x_t, t, cond), exact_eps(guidance, x_t, t, uncond)
+    out = e_y
+    for k in range(perp_neg.weights.shape[1]):
+        e_neg = exact_eps(guidance, x_t, t, perp_neg.negatives[:, k])
+        out = out + perp_neg.weights[:, k].reshape(-1, 1, 1, 1) * perp(e_neg - e_0, e_y - e_0)
+    return out
+
+
 def fixed_t(t: int) -> dict:
     """Config fields that pin t (as a fraction of T = 1000)."""
     return {"t_min": (t + 0.5) / 1000, "t_max": (t + 0.5) / 1000}

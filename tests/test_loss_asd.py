@@ -3,15 +3,16 @@ VSD's at γ = 0 and linear at γ = −1."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from dreamgen.losses.asd import ASD, ASDConfig
 from dreamgen.losses.vsd import VSD, VSDConfig
-from loss_fixtures import exact_eps, gaussian_guidance, prompt_set, run, view_input, weights
+from loss_fixtures import exact_eps, exact_perp_neg_cond, gaussian_guidance, prompt_set, run, view_input, weights
 
 
 def test_asd_defaults():
-    cfg = ASDConfig()
+    cfg = ASDConfig()  # Perp-Neg, which the reference config also uses, is a prompt option: configs/asd.yaml
     assert (cfg.name, cfg.gamma, cfg.guidance_scale, cfg.lora_guidance_scale) == ("asd", -0.75, 7.5, 1.0)
     assert cfg.t_max == [5000, 0.98, 0.5, 5001]
 
@@ -37,8 +38,10 @@ def test_gamma_zero_is_vsd_exactly_and_gamma_changes_only_the_discriminator():
     assert not all(torch.equal(a, b) for a, b in zip(weights(losses["vsd"]), weights(losses["asd"])))
 
 
-def test_gamma_minus_one_makes_the_discriminator_loss_linear_in_e_psi():
-    """∂L_D/∂e_ψ = 2(sg(e^pre(x'_t'; y_vd)) − eps')/N, the same at every e_ψ."""
+@pytest.mark.parametrize("perp_neg", [False, True])
+def test_gamma_minus_one_makes_the_discriminator_loss_linear_in_e_psi(perp_neg):
+    """∂L_D/∂e_ψ = 2(sg(ẽ^pre(x'_t'; y_vd)) − eps')/N, the same at every e_ψ; ẽ^pre is e_y, or with Perp-Neg (the
+    reference config's discriminator target) e_y + Σ_k w_k·perp(e_neg_k − e_0, dC)."""
     guidance = gaussian_guidance(sigma=0.5)
     prompts = prompt_set(guidance)
     loss = ASD(ASDConfig(gamma=-1.0), guidance)
@@ -47,7 +50,14 @@ def test_gamma_minus_one_makes_the_discriminator_loss_linear_in_e_psi():
     t = torch.randint(0, 1000, (3,), generator=gen)
     eps = torch.randn(inp.x.shape, generator=gen)
     x_t = loss.core.add_noise(inp.x.detach(), eps, t)
-    expected = 2 * (exact_eps(guidance, x_t, t, inp.cond) - eps) / eps.numel()
+    if perp_neg:
+        inp.perp_neg = prompts.perp_neg(torch.tensor([20.0, 110.0, -160.0]))
+        inp.cond = inp.perp_neg.cond
+        e_real = exact_perp_neg_cond(guidance, x_t, t, inp.cond, inp.uncond, inp.perp_neg)
+        assert (e_real - exact_eps(guidance, x_t, t, inp.cond)).abs().max() > 1e-2
+    else:
+        e_real = exact_eps(guidance, x_t, t, inp.cond)
+    expected = 2 * (e_real - eps) / eps.numel()
 
     values = []
     for scale in (0.0, 1.0, 10.0):
