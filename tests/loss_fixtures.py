@@ -10,6 +10,7 @@ space [C,h,w] = SHAPE, and the "text embedding" of p is μ_p flattened, so an em
 from __future__ import annotations
 
 import io
+import math
 
 import torch
 from torch import Tensor
@@ -102,6 +103,20 @@ def exact_perp_neg_cond(guidance: GaussianGuidance, x_t: Tensor, t: Tensor, cond
 def fixed_t(t: int) -> dict:
     """Config fields that pin t (as a fraction of T = 1000)."""
     return {"t_min": (t + 0.5) / 1000, "t_max": (t + 0.5) / 1000}
+
+
+def svgd_repulsion(f: Tensor) -> Tensor:
+    """RSD's repulsion Σ_{j≠i} (2/h_i)·k_ij·(f_i − f_j) / Σ_{j≠i} k_ij of N feature rows f [N, D], with loops,
+    k_ij = exp(−‖f_i − f_j‖²/h_i), h_i = median_{j≠i}‖f_i − f_j‖² / log(N − 1)."""
+    n = f.shape[0]
+    out = torch.zeros_like(f)
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        d2 = torch.stack([((f[i] - f[j]) ** 2).sum() for j in others])
+        h = d2.median() / math.log(n - 1)
+        k = torch.exp(-d2 / h)
+        out[i] = sum(2 / h * k[m] * (f[i] - f[j]) for m, j in enumerate(others)) / k.sum()
+    return out
 
 
 # ---- inputs, runs and replays ----------------------------------------------------------------------------------------

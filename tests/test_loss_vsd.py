@@ -3,10 +3,12 @@ prior: closed forms, the SDS reduction, ψ's isolation, resume."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from dreamgen.guidance.base import TrainableScore
+from dreamgen.losses.esd import ESD, ESDConfig
 from dreamgen.losses.sds import SDS, SDSConfig
 from dreamgen.losses.vsd import VSD, VSDConfig
 from dreamgen.testing.gaussian_guidance import GaussianGuidance
@@ -210,3 +212,29 @@ def test_vsd_on_a_tiny_stable_diffusion_trains_lora_and_resumes_exactly(tiny_sd_
     out_b, g_b = step(resumed, seed=2)
     assert torch.equal(out_a.loss, out_b.loss) and torch.equal(g_a, g_b)
     assert all(torch.equal(a, b) for a, b in zip(weights(first), weights(resumed)))
+
+
+@pytest.mark.parametrize("loss_cls, cfg_cls", [(VSD, VSDConfig), (ESD, ESDConfig)])
+def test_particle_score_step_drops_the_camera_with_probability_p(loss_cls, cfg_cls):
+    """The ψ step trains on the null camera with probability p per sample: none at p = 0, all at p = 1, and a
+    binomial share at p = 0.3 (within 4 standard deviations); the kept rows keep their own camera."""
+    guidance = gaussian_guidance(sigma=0.5)
+    prompts = prompt_set(guidance)
+    b = 400
+    inp = view_input(guidance, prompts, b=b)
+    for p in (0.0, 1.0, 0.3):
+        torch.manual_seed(0)
+        loss = loss_cls(cfg_cls(lora_camera_dropout=p), guidance)
+        seen = []
+        net = loss.particle_score.net
+        forward = net.predict_noise
+        net.predict_noise = lambda x_t, t, emb, camera: seen.append(camera) or forward(x_t, t, emb, camera)
+        torch.manual_seed(1)
+        loss.particle_score_step(inp.x.detach(), prompts.cond_plain(b), inp)
+        (camera,) = seen
+        null = (camera == 0).all(dim=1)
+        assert torch.equal(camera[~null], inp.camera[~null])
+        if p in (0.0, 1.0):
+            assert bool(null.all()) == (p == 1.0) and bool(null.any()) == (p == 1.0)
+        else:
+            assert abs(null.float().mean().item() - p) < 4 * (p * (1 - p) / b) ** 0.5
