@@ -45,7 +45,7 @@ def inp(sd) -> LossInput:
                      source_x=x.detach().flip(0), source_cond=cond[[1, 1, 1]])
 
 
-# ---- the rules' pieces, written out with direct UNet calls ------------------------------------------------------------
+# ---- the rules' pieces, written out with direct UNet calls -----------------------------------------------------------
 
 def unet(sd, x_t, t, emb):
     with torch.no_grad():

@@ -27,8 +27,8 @@ def test_point_mass_at_the_render_gives_zero_for_every_t_and_eps(one_thread):
     _, g = run(SDS(SDSConfig(guidance_scale=100.0), at_render), _batch(at_render, render.expand(256, *SHAPE)), seed=1)
     assert g.abs().max() < 1e-4
     # the same draws on a render 0.1 away from the point mass: g = s_t·a_t·(x − μ) is far from 0
-    _, g_off = run(SDS(SDSConfig(guidance_scale=100.0), at_render), _batch(at_render, (render + 0.1).expand(256, *SHAPE)),
-                   seed=1)
+    off = _batch(at_render, (render + 0.1).expand(256, *SHAPE))
+    _, g_off = run(SDS(SDSConfig(guidance_scale=100.0), at_render), off, seed=1)
     assert g_off.abs().max() > 1e3 * g.abs().max() + 1e-3
 
 

@@ -50,7 +50,7 @@ def test_prompts_and_weights_per_azimuth_follow_the_interpolation():
                   (decay(cfg.perp_neg_f_sb, 0.5), decay(cfg.perp_neg_f_fsb, 0.5))]
     for i in range(len(AZIMUTHS)):
         torch.testing.assert_close(pn.cond[i], expected_cond[i])
-        assert torch.equal(pn.negatives[i, 0], expected_neg[i][0]) and torch.equal(pn.negatives[i, 1], expected_neg[i][1])
+        assert all(torch.equal(pn.negatives[i, k], expected_neg[i][k]) for k in (0, 1))
         torch.testing.assert_close(pn.weights[i], -torch.tensor(expected_w[i]))
     assert abs(pn.weights[0, 0]) < 1e-3 and pn.weights[0, 1] == pytest.approx(-1.574, abs=1e-3)
     assert pn.weights[2].tolist() == pytest.approx([-0.394, -1.967], abs=1e-3)

@@ -10,8 +10,9 @@ Update rule, one t and one eps ~ N(0, I) per sample, and a later timestep t+ for
 The target is the conditional prediction one noise level later, so the fixed −eps of SDS is replaced by a
 prediction of the same image: r = 0 gives the classifier form s_t²·(ω − 1)·dC. All three predictions come from one
 batched denoiser call (3 NFE). With Perp-Neg, e_y is its conditional prediction at both timesteps, which needs e_0
-and the negatives at x_t+ too: still one call, of 2·(2 + K) rows. Defaults of ``configs/single-prompt_benchmark/asd_sd_nerf.yaml``: ω = 7.5, t_min
-anneals 0.5 → 0.02 and t_max 0.98 → 0.5 linearly over 25k steps.
+and the negatives at x_t+ too: still one call, of 2·(2 + K) rows. Defaults of
+``configs/single-prompt_benchmark/asd_sd_nerf.yaml``: ω = 7.5, t_min anneals 0.5 → 0.02 and t_max 0.98 → 0.5
+linearly over 25k steps.
 """
 
 from __future__ import annotations
@@ -51,9 +52,9 @@ class AsyncSD(DistillationLoss):
             e_y, e_0, e_y_plus = core.eps(torch.cat([x_t, x_t, x_tp]), torch.cat([t, t, t_plus]),
                                           torch.cat([inp.cond, inp.uncond, inp.cond])).chunk(3)
         else:
-            e_y_both, e_0_both, _ = core.eps_guided(torch.cat([x_t, x_tp]), torch.cat([t, t_plus]),
-                                                    torch.cat([inp.cond, inp.cond]), torch.cat([inp.uncond, inp.uncond]),
-                                                    PerpNeg.cat([inp.perp_neg, inp.perp_neg]))
+            e_y_both, e_0_both, _ = core.eps_guided(
+                torch.cat([x_t, x_tp]), torch.cat([t, t_plus]), torch.cat([inp.cond, inp.cond]),
+                torch.cat([inp.uncond, inp.uncond]), PerpNeg.cat([inp.perp_neg, inp.perp_neg]))
             (e_y, e_y_plus), e_0 = e_y_both.chunk(2), e_0_both.chunk(2)[0]
         g = core.weight(t, x) * (core.cfg_combine(e_y, e_0, self.cfg.guidance_scale) - e_y_plus)
         loss = self.cfg.weight * surrogate_loss(x, g)
