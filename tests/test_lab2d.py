@@ -9,8 +9,9 @@ import torch
 
 from dreamgen import registry
 from dreamgen.errors import ConfigError
+from dreamgen.guidance.base import alpha_sigma
 from dreamgen.lab2d import (TABLE_BEGIN, TABLE_END, CameraGenerator, Lab2DGuidance, LabResult, LabSkip, Mixture2D,
-                            ParticleCloud, _a_s, esd_camera_trace_ratio, make_target, main_table, plot_name, run_lab,
+                            ParticleCloud, esd_camera_trace_ratio, make_target, main_table, plot_name, run_lab,
                             write_report)
 
 FAST = dict(steps=300, lr=3e-2, n_particles=64, seed=0)
@@ -34,7 +35,7 @@ def _probe(n: int = 24, seed: int = 3):
     x_t = 2 * torch.randn(n, 2, generator=gen)
     t = torch.randint(1, 1000, (n,), generator=gen)
     lab = Lab2DGuidance(make_target("gaussian"), ParticleCloud(torch.zeros(3, 2)))
-    a, s = _a_s(lab.alphas_cumprod, t)
+    a, s = alpha_sigma(lab.alphas_cumprod, t, x_t)
     return x_t, t, a, s, lab
 
 
