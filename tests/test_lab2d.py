@@ -116,6 +116,9 @@ def test_esd_prediction_collapses_below_its_threshold_and_matches_at_lambda_one(
     assert esd_camera_trace_ratio(0.0, p) == 0.0
     assert esd_camera_trace_ratio(1.0, p) == pytest.approx(1.0, abs=1e-3)
     assert 0.0 < esd_camera_trace_ratio(0.5, p) < esd_camera_trace_ratio(0.75, p) < 1.0
+    # the surrogate on x_t (w = a·s²) spreads more at λ = 0.5 and still fits at λ = 1
+    assert esd_camera_trace_ratio(0.5, p, weighting="fantasia3d") > 2 * esd_camera_trace_ratio(0.5, p)
+    assert esd_camera_trace_ratio(1.0, p, weighting="fantasia3d") == pytest.approx(1.0, abs=1e-3)
 
 
 def test_rsd_spreads_particles_more_than_sds():

@@ -100,18 +100,21 @@ def scaled_linear_alphas() -> Tensor:
 
 
 def esd_camera_trace_ratio(lambda_entropy: float, target: Mixture2D, t_min: float = 0.02,
-                           t_max: float = 0.98) -> float:
-    """Predicted stationary trace ratio of ESD in the camera setting (Gaussian target, w = s_t², t uniform).
+                           t_max: float = 0.98, weighting: str = "sds") -> float:
+    """Predicted stationary trace ratio of ESD in the camera setting (Gaussian target, t uniform).
 
-    With x = m + B·c, E[g·cᵀ] = E_t[s³a·((a²Σ + s²I)⁻¹ − λ·(a²BBᵀ + s²I)⁻¹)]·B: along each eigen-direction of Σ
-    (variance σ²) the generator's variance b² stops where λ·E_t[s³a/(a²b² + s²)] = E_t[s³a/(a²σ² + s²)], and
-    collapses (b = 0) when even b = 0 gives λ·E_t[s·a] ≤ E_t[s³a/(a²σ² + s²)]. λ = 1 gives b² = σ²; λ = 0 (VSD)
-    always collapses.
+    With x = m + B·c and w = s_t² (``weighting="sds"``, the lab's), E[g·cᵀ] = E_t[s³a·((a²Σ + s²I)⁻¹ −
+    λ·(a²BBᵀ + s²I)⁻¹)]·B: along each eigen-direction of Σ (variance σ²) the generator's variance b² stops where
+    λ·E_t[s³a/(a²b² + s²)] = E_t[s³a/(a²σ² + s²)], and collapses (b = 0) when even b = 0 gives
+    λ·E_t[s·a] ≤ E_t[s³a/(a²σ² + s²)]. λ = 1 gives b² = σ²; λ = 0 (VSD) always collapses. ``weighting="fantasia3d"``
+    (w = a_t·s_t²) is the same update with the surrogate loss on x_t instead of x, as in the ESD authors' 2-D script.
     """
+    if weighting not in ("sds", "fantasia3d"):
+        raise ConfigError(f"unknown weighting {weighting!r} for the ESD analysis; valid: sds, fantasia3d")
     ab = scaled_linear_alphas().double()
     t = torch.arange(int(1000 * t_min), int(1000 * t_max) + 1)
     a, s = alpha_sigma(ab, t, ab[t])
-    w = s**3 * a
+    w = s**3 * a * (a if weighting == "fantasia3d" else 1.0)
     variances = torch.linalg.eigvalsh(target.cov.double())
     fitted = 0.0
     for var in variances.tolist():
