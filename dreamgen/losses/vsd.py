@@ -12,7 +12,7 @@ Generator, one t ~ U{t_min..t_max} and one eps ~ N(0, I) per sample:
 
 The pretrained model gets the view-dependent prompt y_vd (``inp.cond``), ε_ψ the view-independent prompt y
 (``inp.prompts.cond_plain``; ``inp.cond`` when there is no prompt set). s_L = ``lora_guidance_scale`` = 1 uses the
-camera-conditioned score.
+camera-conditioned score. With Perp-Neg in the batch, E_ω^pre is Perp-Neg's (``ScoreCore.eps_guided``).
 
 Particle-score step, on x' = sg(x) so that nothing flows back to x, repeated ``lora_steps_per_iter`` times:
 
