@@ -1,5 +1,5 @@
 """Prompt debiasing of D-SDS (Hong et al., "Debiasing Scores and Prompts of 2D Diffusion for View-consistent
-Text-to-3D Generation", NeurIPS 2023; LOSSES.md §11), run once before training.
+Text-to-3D Generation", NeurIPS 2023, arXiv 2303.15413; docs/losses.md), run once before training.
 
 A masked language model estimates which view a prompt implies. For a text P, p(v | P) is the model's probability of
 the view word v at the mask of "This image is depicting a [MASK] view of P", renormalised over the views. For each

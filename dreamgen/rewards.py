@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from dreamgen.errors import ConfigError
+from dreamgen.guidance.base import alpha_sigma
 
 
 @dataclass
@@ -91,8 +92,9 @@ def prompt_alignment(inp: RewardInput, probe_t: tuple[int, ...] = (300, 500, 700
     eps = torch.randn(k, 1, *x0.shape[1:], generator=gen).to(x0)  # one probe noise per t, shared by all samples
     eps = eps.expand(k, *x0.shape).reshape(k * n, *x0.shape[1:])
     t = torch.tensor(probe_t, device=ac.device).repeat_interleave(n)
-    ab = ac[t].reshape(-1, *([1] * (x0.dim() - 1))).to(x0)
-    x_t = ab.sqrt() * x0.repeat(k, *([1] * (x0.dim() - 1))) + (1 - ab).sqrt() * eps
+    x0_k = x0.repeat(k, *([1] * (x0.dim() - 1)))
+    a, s = alpha_sigma(ac, t, x0_k)
+    x_t = a * x0_k + s * eps
     reps = [1] * (inp.cond.dim() - 1)
     e = inp.guidance.predict_noise(torch.cat([x_t, x_t]), torch.cat([t, t]),
                                    torch.cat([inp.cond.repeat(k, *reps), inp.uncond.repeat(k, *reps)]))

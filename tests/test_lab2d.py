@@ -9,8 +9,9 @@ import torch
 
 from dreamgen import registry
 from dreamgen.errors import ConfigError
+from dreamgen.guidance.base import alpha_sigma
 from dreamgen.lab2d import (TABLE_BEGIN, TABLE_END, CameraGenerator, Lab2DGuidance, LabResult, LabSkip, Mixture2D,
-                            ParticleCloud, _a_s, esd_camera_trace_ratio, make_target, main_table, plot_name, run_lab,
+                            ParticleCloud, esd_camera_trace_ratio, make_target, main_table, plot_name, run_lab,
                             write_report)
 
 FAST = dict(steps=300, lr=3e-2, n_particles=64, seed=0)
@@ -34,7 +35,7 @@ def _probe(n: int = 24, seed: int = 3):
     x_t = 2 * torch.randn(n, 2, generator=gen)
     t = torch.randint(1, 1000, (n,), generator=gen)
     lab = Lab2DGuidance(make_target("gaussian"), ParticleCloud(torch.zeros(3, 2)))
-    a, s = _a_s(lab.alphas_cumprod, t)
+    a, s = alpha_sigma(lab.alphas_cumprod, t, x_t)
     return x_t, t, a, s, lab
 
 
@@ -115,6 +116,9 @@ def test_esd_prediction_collapses_below_its_threshold_and_matches_at_lambda_one(
     assert esd_camera_trace_ratio(0.0, p) == 0.0
     assert esd_camera_trace_ratio(1.0, p) == pytest.approx(1.0, abs=1e-3)
     assert 0.0 < esd_camera_trace_ratio(0.5, p) < esd_camera_trace_ratio(0.75, p) < 1.0
+    # the surrogate on x_t (w = a·s²) spreads more at λ = 0.5 and still fits at λ = 1
+    assert esd_camera_trace_ratio(0.5, p, weighting="fantasia3d") > 2 * esd_camera_trace_ratio(0.5, p)
+    assert esd_camera_trace_ratio(1.0, p, weighting="fantasia3d") == pytest.approx(1.0, abs=1e-3)
 
 
 def test_rsd_spreads_particles_more_than_sds():

@@ -1,12 +1,13 @@
-"""Asynchronous Score Distillation (LOSSES.md §19) against the exact Gaussian prior."""
+"""Asynchronous Score Distillation (ScaleDreamer, Ma et al., ECCV 2024, arXiv 2407.02040;
+docs/losses.md) against the exact Gaussian prior."""
 
 from __future__ import annotations
 
 import torch
 
-from distill_helpers import SHAPE, alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 from dreamgen import registry
 from dreamgen.losses.asyncsd import AsyncSD, AsyncSDConfig
+from loss_fixtures import SHAPE, alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 
 
 def test_defaults_are_scaledreamers():
@@ -47,5 +48,5 @@ def test_plus_ratio_zero_is_the_classifier_direction():
     inp = loss_input(guidance, b=2)
     _, g = run(loss, inp, seed=1)
     ab = guidance.alphas_cumprod[500]
-    dc = ab.sqrt() * (guidance.means[""] - guidance.means["a cat"]) / (1 - ab).sqrt()
+    dc = ab.sqrt() * (guidance.means[""] - guidance.means["a cube"]) / (1 - ab).sqrt()
     torch.testing.assert_close(g, ((1 - ab) * 6.5 * dc).expand(2, *SHAPE), rtol=1e-5, atol=1e-5)

@@ -1,4 +1,5 @@
-"""BSD (LOSSES.md §9): the min-norm combination's invariants, and the loss against the exact Gaussian prior."""
+"""BSD (PlacidDreamer, Huang et al., ACM MM 2024, arXiv 2407.13976; docs/losses.md): the min-norm combination's
+invariants, and the loss against the exact Gaussian prior."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import torch
 
 from dreamgen.errors import ConfigError
 from dreamgen.losses.bsd import BSD, BSDConfig, min_norm_combination
-from score_helpers import alpha_sigma, exact_eps, fixed_t, guidance, loss_input, replay, run
+from loss_fixtures import alpha_sigma, exact_eps, fixed_t, gaussian_guidance, loss_input, mu, replay, run
 
 
 def dot(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -51,9 +52,9 @@ def test_equal_objectives_give_that_objective():
 def test_defaults_and_config_errors():
     cfg = BSDConfig()
     assert (cfg.lambda_c, cfg.lambda_guidance, cfg.smoothing_prompt, cfg.per_sample_t) == (15.0, 0.1, "negative", False)
-    assert BSD(cfg, guidance()).core.t_range(1500) == (20, 500)
+    assert BSD(cfg, gaussian_guidance()).core.t_range(1500) == (20, 500)
     with pytest.raises(ConfigError, match="smoothing_prompt"):
-        BSD(BSDConfig(smoothing_prompt="none"), guidance())
+        BSD(BSDConfig(smoothing_prompt="none"), gaussian_guidance())
 
 
 @pytest.mark.parametrize("auto", [False, True])
@@ -61,14 +62,14 @@ def test_loss_is_weighted_min_norm_point_of_the_objectives(auto):
     """g/(λ_g·w) is the min-norm point of [g_s, g_c], rebuilt from replayed draws and the exact ε-predictions
     with the negative prompt as e_0: g_c = λ_c·dC, g_s = e_0, w = a_t; auto: g_c = dC, g_s = 1.25(e_0 − ξ),
     w = 0.02·‖e_0 − ξ‖·s_t."""
-    g0 = guidance(sigma=0.5)
+    g0 = gaussian_guidance(sigma=0.5)
     inp = loss_input(g0, b=4)
     loss = BSD(BSDConfig(lambda_c=18.0, negative_prompt="blurry", auto=auto), g0)
     _, g = run(loss, inp, seed=11)
     t, xi = replay(loss, inp, seed=11, offset=0.1)
     a, s = alpha_sigma(g0, t)
     x_t = a * inp.x.detach() + s * xi
-    e_y, e_0 = exact_eps(g0, x_t, t, "a cube"), exact_eps(g0, x_t, t, "blurry")
+    e_y, e_0 = exact_eps(g0, x_t, t, mu(g0, "a cube")), exact_eps(g0, x_t, t, mu(g0, "blurry"))
     if auto:
         g_c, g_s = e_y - e_0, 1.25 * (e_0 - xi)
         w = 0.02 * (e_0 - xi).flatten(1).norm(dim=1).reshape(-1, 1, 1, 1) * s
@@ -78,7 +79,7 @@ def test_loss_is_weighted_min_norm_point_of_the_objectives(auto):
 
 
 def test_empty_smoothing_prompt_uses_the_unconditional_branch():
-    g0 = guidance(sigma=0.5)
+    g0 = gaussian_guidance(sigma=0.5)
     inp = loss_input(g0)
     _, g_empty = run(BSD(BSDConfig(smoothing_prompt="empty", negative_prompt="unknown", **fixed_t(300)), g0), inp, 2)
     _, g_neg = run(BSD(BSDConfig(negative_prompt="", **fixed_t(300)), g0), inp, 2)

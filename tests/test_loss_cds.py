@@ -1,13 +1,14 @@
-"""CDS (LOSSES.md §12): schedules, the straight-path invariant, the Gaussian closed form (sign), fixed eps*."""
+"""CDS (Consistent3D, Wu et al., CVPR 2024, arXiv 2401.09050; docs/losses.md): schedules, the straight-path
+invariant, the Gaussian closed form (sign), fixed eps*."""
 
 from __future__ import annotations
 
 import torch
 
-from distill_helpers import SHAPE, alpha_sigma, gaussian_guidance, loss_input, run
 from dreamgen import registry
 from dreamgen.losses.cds import CDS, CDSConfig
 from dreamgen.losses.sds import SDS, SDSConfig
+from loss_fixtures import SHAPE, alpha_sigma, gaussian_guidance, loss_input, run
 
 
 def test_defaults_and_schedules_are_consistent3ds():
@@ -50,7 +51,7 @@ def test_gaussian_teacher_closed_form_pulls_toward_the_data():
     a_s, s_s = alpha_sigma(guidance, torch.tensor([700]))
     sv_t, sv_s = s_t / a_t, s_s / a_s
     kappa = sigma**2 * (sv_t - sv_s) / ((sigma**2 + sv_t**2) * (sigma**2 + sv_s**2))
-    mu_w = guidance.means[""] + 3.0 * (guidance.means["a cat"] - guidance.means[""])
+    mu_w = guidance.means[""] + 3.0 * (guidance.means["a cube"] - guidance.means[""])
     expected = kappa * (inp.x.detach() + sv_t * eps_star - mu_w)
     torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
 

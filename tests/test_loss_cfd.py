@@ -1,4 +1,5 @@
-"""CFD (LOSSES.md §16): t schedule, √β = 0 ⇒ SDS(σ/α), the 3-D noise field's consistency, N(0, 1) marginals."""
+"""CFD (Yan et al., ICLR 2025, arXiv 2501.05445; docs/losses.md): t schedule, √β = 0 ⇒ SDS(σ/α), the 3-D noise
+field's consistency, N(0, 1) marginals."""
 
 from __future__ import annotations
 
@@ -6,14 +7,9 @@ import math
 
 import torch
 
-from distill_helpers import SHAPE, alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 from dreamgen import registry
 from dreamgen.losses.cfd import CFD, CFDConfig, noise_field
-
-
-def _e_cfg(guidance, z, t, cond, uncond, scale):
-    e_0 = exact_eps(guidance, z, t, uncond)
-    return e_0 + scale * (exact_eps(guidance, z, t, cond) - e_0)
+from loss_fixtures import SHAPE, alpha_sigma, exact_cfg, gaussian_guidance, loss_input, run
 
 
 def _geometry(b: int, seed: int = 0):
@@ -43,7 +39,7 @@ def test_sqrt_beta_zero_and_missing_points_are_sds_with_sigma_over_alpha_weight(
         xi = torch.randn(2, *SHAPE)
         t = torch.tensor([692, 692])
         a, s = alpha_sigma(guidance, t)
-        expected = s / a * (_e_cfg(guidance, a * inp.x.detach() + s * xi, t, inp.cond, inp.uncond, 71.0) - xi)
+        expected = s / a * (exact_cfg(guidance, a * inp.x.detach() + s * xi, t, inp.cond, inp.uncond, 71.0) - xi)
         torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-4)
         assert out.logs["consistent_noise"] == 0.0
 
@@ -63,7 +59,7 @@ def test_consistent_update_matches_closed_form():
     eps = 0.6 * (o * field + (1 - o**2).sqrt() * bg) + 0.8 * xi
     t = torch.tensor([980, 980])
     a, s = alpha_sigma(guidance, t)
-    expected = s / a * (_e_cfg(guidance, a * inp.x.detach() + s * eps, t, inp.cond, inp.uncond, 71.0) - eps)
+    expected = s / a * (exact_cfg(guidance, a * inp.x.detach() + s * eps, t, inp.cond, inp.uncond, 71.0) - eps)
     torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(loss.background.value, bg)
     assert out.logs["consistent_noise"] == 1.0

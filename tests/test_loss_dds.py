@@ -1,18 +1,14 @@
-"""DDS (LOSSES.md §10): closed form, identical source/target ⇒ 0, swap ⇒ −g, and the missing-source error."""
+"""DDS (Hertz et al., ICCV 2023, arXiv 2304.07090; docs/losses.md): closed form, identical source/target ⇒ 0, swap ⇒
+−g, and the missing-source error."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from distill_helpers import SHAPE, alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 from dreamgen.errors import DreamgenError
 from dreamgen.losses.dds import DDS, DDSConfig
-
-
-def _e_cfg(guidance, z, t, cond, uncond, scale=7.5):
-    e_0 = exact_eps(guidance, z, t, uncond)
-    return e_0 + scale * (exact_eps(guidance, z, t, cond) - e_0)
+from loss_fixtures import SHAPE, alpha_sigma, exact_cfg, gaussian_guidance, loss_input, run
 
 
 def _edit_input(guidance, src_prompt="a cat", tgt_prompt="a dog", same_image=False):
@@ -37,8 +33,8 @@ def test_defaults_and_closed_form():
     eps = torch.randn(2, *SHAPE)
     a, s = alpha_sigma(guidance, t)
     z_tgt, z_src = a * inp.x.detach() + s * eps, a * inp.source_x + s * eps
-    expected = (_e_cfg(guidance, z_tgt, t, inp.cond, inp.uncond)
-                - _e_cfg(guidance, z_src, t, inp.source_cond, inp.uncond))
+    expected = (exact_cfg(guidance, z_tgt, t, inp.cond, inp.uncond, 7.5)
+                - exact_cfg(guidance, z_src, t, inp.source_cond, inp.uncond, 7.5))
     torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-5)
     assert expected.abs().max() > 0.1
 

@@ -1,4 +1,4 @@
-"""D-SDS score debiasing (LOSSES.md §11): a clipped SDS."""
+"""D-SDS score debiasing (Hong et al., NeurIPS 2023, arXiv 2303.15413; docs/losses.md): a clipped SDS."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import torch
 
 from dreamgen.losses.dsds import DSDS, DSDSConfig
 from dreamgen.losses.sds import SDS, SDSConfig
-from score_helpers import guidance, loss_input, run
+from loss_fixtures import gaussian_guidance, loss_input, run
 
 
 def test_infinite_clip_is_sds():
-    g0 = guidance(sigma=0.5)
+    g0 = gaussian_guidance(sigma=0.5)
     inp = loss_input(g0, b=4)
     _, g = run(DSDS(DSDSConfig(grad_clip=float("inf")), g0), inp, seed=3)
     _, g_sds = run(SDS(SDSConfig(), g0), inp, seed=3)
@@ -19,7 +19,7 @@ def test_infinite_clip_is_sds():
 
 def test_clip_follows_its_schedule_and_bounds_every_element():
     """At step 5000 of [0, 2, 8, 10000], c = 5: g = clamp(g_SDS, −5, 5), with some elements actually clipped."""
-    g0 = guidance(sigma=0.5)
+    g0 = gaussian_guidance(sigma=0.5)
     inp = loss_input(g0, b=4, step=5000)
     out, g = run(DSDS(DSDSConfig(), g0), inp, seed=8)
     _, g_sds = run(SDS(SDSConfig(), g0), inp, seed=8)

@@ -1,4 +1,5 @@
-"""ISM (LOSSES.md §7) and the core's DDIM inversion against the exact Gaussian prior."""
+"""ISM (LucidDreamer, Liang et al., CVPR 2024, arXiv 2311.11284; docs/losses.md) and the core's DDIM inversion
+against the exact Gaussian prior."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import torch
 
 from dreamgen.losses.core import LossConfig, ScoreCore
 from dreamgen.losses.ism import ISM, ISMConfig
-from score_helpers import Counting, alpha_sigma, fixed_t, guidance, loss_input, mu, run
+from loss_fixtures import Counting, alpha_sigma, fixed_t, gaussian_guidance, loss_input, mu, run
 
 
 def test_defaults_follow_luciddreamer():
@@ -14,7 +15,7 @@ def test_defaults_follow_luciddreamer():
     assert (cfg.guidance_scale, cfg.lambda_guidance, cfg.per_sample_t) == (7.5, 0.1, False)
     assert cfg.weighting == "sigma_ratio"
     assert (cfg.inversion_step, cfg.max_inversion_steps, cfg.offset_noise) == (200, 5, 0.1)
-    loss = ISM(cfg, guidance())
+    loss = ISM(cfg, gaussian_guidance())
     assert loss.core.t_range(0) == (20, 980) and loss.core.t_range(750) == (20, 740)
     assert loss.core.t_range(1500) == (20, 500)
     assert [loss.interval(k) for k in (0, 750, 1500, 9000)] == [100, 90, 80, 80]
@@ -22,7 +23,7 @@ def test_defaults_follow_luciddreamer():
 
 def test_ddim_invert_is_exact_for_a_point_mass():
     """For a point mass at μ, DDIM paths are x_t = a_t·μ + s_t·ε with ε constant, whatever the jumps."""
-    g0 = guidance()
+    g0 = gaussian_guidance()
     core = ScoreCore(g0, LossConfig())
     emb = g0.encode_text(["a cube"] * 3)
     eps = torch.randn(3, 4, 5, 5)
@@ -38,7 +39,7 @@ def test_ddim_invert_is_exact_for_a_point_mass():
 def test_point_mass_closed_form():
     """Unconditional point mass: inversion is exact, e_0(x_s, s) = e_0(x_t, t), so for any Δ, t, x and noise
     g = λ_g·(s_t/a_t)·ω·(a_t/s_t)·(μ_∅ − μ_y) = λ_g·ω·(μ_∅ − μ_y)."""
-    g0 = guidance()
+    g0 = gaussian_guidance()
     for step, seed in ((0, 0), (700, 1), (4000, 2)):
         _, g = run(ISM(ISMConfig(), g0), loss_input(g0, step=step), seed=seed)
         expected = (0.1 * 7.5 * (mu(g0, "") - mu(g0, "a cube"))).expand_as(g)
@@ -48,7 +49,7 @@ def test_point_mass_closed_form():
 def test_zero_interval_is_the_csd_form():
     """Δ = 0, Gaussian prior (σ > 0): dC = s·a·(μ_∅ − μ_y)/(a²σ² + s²) at every point, so
     g = λ_g·(s/a)·ω·dC = λ_g·ω·s²·(μ_∅ − μ_y)/(a²σ² + s²)."""
-    g0 = guidance(sigma=0.5)
+    g0 = gaussian_guidance(sigma=0.5)
     cfg = ISMConfig(delta_t=0, delta_t_start=0, **fixed_t(430))
     _, g = run(ISM(cfg, g0), loss_input(g0), seed=3)
     a, s = alpha_sigma(g0, torch.tensor([430]))
@@ -59,7 +60,7 @@ def test_zero_interval_is_the_csd_form():
 
 
 def test_deterministic_without_injected_noise():
-    g0 = guidance(sigma=0.5)
+    g0 = gaussian_guidance(sigma=0.5)
     inp = loss_input(g0)
     quiet = ISM(ISMConfig(start_noise=0.0, offset_noise=0.0, **fixed_t(640)), g0)
     assert torch.equal(run(quiet, inp, seed=0)[1], run(quiet, inp, seed=1)[1])
@@ -69,7 +70,7 @@ def test_deterministic_without_injected_noise():
 
 def test_inversion_cost():
     """s = 700: u = max(700 − 200·k, 0); ceil((s − u)/200) inversion calls + e_0(x_s) + the batched CFG pair."""
-    counting = Counting(guidance(sigma=0.5))
+    counting = Counting(gaussian_guidance(sigma=0.5))
     for k, calls in ((5, 4 + 2), (2, 2 + 2)):
         counting.calls = 0
         cfg = ISMConfig(delta_t=20, delta_t_start=20, max_inversion_steps=k, **fixed_t(720))

@@ -1,4 +1,4 @@
-"""NFSD (LOSSES.md §5) against the exact Gaussian prior."""
+"""NFSD (Katzir et al., ICLR 2024, arXiv 2310.17590; docs/losses.md) against the exact Gaussian prior."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import torch
 
 from dreamgen.losses.csd import CSD, CSDConfig
 from dreamgen.losses.nfsd import NFSD, NFSDConfig
-from score_helpers import Counting, alpha_sigma, exact_eps, fixed_t, guidance, loss_input, replay, run
+from loss_fixtures import Counting, alpha_sigma, exact_eps, fixed_t, gaussian_guidance, loss_input, mu, replay, run
 
 
 def test_defaults():
@@ -18,7 +18,7 @@ def test_defaults():
 def test_switch_is_exactly_between_199_and_200():
     """The negative prompt has no effect at t = 199; at t = 200 swapping it for another moves g by
     w·(e_B − e_A) = a·s·(μ_A − μ_B) (point masses)."""
-    g0 = guidance()
+    g0 = gaussian_guidance()
     inp = loss_input(g0)
     g_at = {}
     for t in (199, 200):
@@ -31,7 +31,7 @@ def test_switch_is_exactly_between_199_and_200():
 
 
 def test_negative_branch_skipped_below_the_switch():
-    counting = Counting(guidance())
+    counting = Counting(gaussian_guidance())
     loss = NFSD(NFSDConfig(negative_prompt="not a known prompt", **fixed_t(150)), counting)
     run(loss, loss_input(counting), seed=0)  # would raise PromptError if the negative prompt were encoded
     assert counting.calls == 1
@@ -39,7 +39,7 @@ def test_negative_branch_skipped_below_the_switch():
 
 def test_difference_to_csd_is_w_delta_d_with_no_noise_term():
     """g − g_CSD(s) = w·δ_D, δ_D = e_0 (t < 200) or e_0 − e_neg, per sample, with t on both sides of the switch."""
-    g0 = guidance(sigma=0.4)
+    g0 = gaussian_guidance(sigma=0.4)
     inp = loss_input(g0, b=16)
     loss = NFSD(NFSDConfig(negative_prompt="blurry"), g0)
     _, g = run(loss, inp, seed=5)
@@ -50,5 +50,5 @@ def test_difference_to_csd_is_w_delta_d_with_no_noise_term():
     a, s = alpha_sigma(g0, t)
     x_t = a * inp.x.detach() + s * eps
     late = (t >= 200).float().reshape(-1, 1, 1, 1)
-    delta_d = exact_eps(g0, x_t, t, "") - late * exact_eps(g0, x_t, t, "blurry")
+    delta_d = exact_eps(g0, x_t, t, mu(g0, "")) - late * exact_eps(g0, x_t, t, mu(g0, "blurry"))
     torch.testing.assert_close(g - g_csd, s**2 * delta_d, rtol=1e-4, atol=1e-5)

@@ -1,17 +1,17 @@
-"""RewardSDS (LOSSES.md §17) and the built-in rewards of dreamgen.rewards."""
+"""RewardSDS (Chachy et al., 2025, arXiv 2503.09601; docs/losses.md) and the built-in rewards of dreamgen.rewards."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import distill_helpers
-from distill_helpers import SHAPE, alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 from dreamgen import registry
 from dreamgen.errors import ConfigError
 from dreamgen.losses.reward_sds import RewardSDS, RewardSDSConfig
 from dreamgen.losses.sds import SDS, SDSConfig
 from dreamgen.rewards import RewardInput, colorfulness, get_reward, prompt_alignment
+import loss_fixtures
+from loss_fixtures import SHAPE, alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 
 
 def _sds_per_noise(guidance, inp, seed, n):
@@ -49,7 +49,7 @@ def test_none_or_one_noise_is_sds(cfg):
 def test_weighted_with_equal_rewards_is_sds_averaged_over_the_noises():
     guidance = gaussian_guidance(sigma=0.5)
     inp = loss_input(guidance, b=2)
-    cfg = RewardSDSConfig(n_noises=4, strategy="weighted", reward="distill_helpers:constant_reward",
+    cfg = RewardSDSConfig(n_noises=4, strategy="weighted", reward="loss_fixtures:constant_reward",
                           path_steps=3)
     _, g = run(RewardSDS(cfg, guidance), inp, seed=3)
     torch.testing.assert_close(g, _sds_per_noise(guidance, inp, 3, 4).mean(0), rtol=1e-4, atol=1e-4)
@@ -59,11 +59,11 @@ def test_weighted_with_equal_rewards_is_sds_averaged_over_the_noises():
 def test_strategies_combine_the_noises_by_their_rewards(strategy):
     guidance = gaussian_guidance(sigma=0.5)
     inp = loss_input(guidance, b=2)
-    cfg = RewardSDSConfig(n_noises=5, strategy=strategy, n_best=2, reward="distill_helpers:recorded_sum_reward",
+    cfg = RewardSDSConfig(n_noises=5, strategy=strategy, n_best=2, reward="loss_fixtures:recorded_sum_reward",
                           path_steps=3, temperature=2.0)
-    distill_helpers.RECORDED_REWARDS.clear()
+    loss_fixtures.RECORDED_REWARDS.clear()
     out, g = run(RewardSDS(cfg, guidance), inp, seed=4)
-    r = distill_helpers.RECORDED_REWARDS[-1].reshape(5, 2)  # noise-major
+    r = loss_fixtures.RECORDED_REWARDS[-1].reshape(5, 2)  # noise-major
     g_n = _sds_per_noise(guidance, inp, 4, 5)
     order = r.argsort(dim=0, descending=True)  # [5, B]: best first
     expected = torch.zeros_like(g)
@@ -90,7 +90,7 @@ def test_min_max_needs_enough_noises_and_rewards_resolve_by_name_or_path(monkeyp
     monkeypatch.setenv("DREAMGEN_ALLOW_IMPORTS", "no_such_module,distill_helpers")
     with pytest.raises(ConfigError, match="cannot import"):
         get_reward("no_such_module:fn")
-    assert get_reward("distill_helpers:constant_reward") is distill_helpers.constant_reward
+    assert get_reward("loss_fixtures:constant_reward") is loss_fixtures.constant_reward
     assert get_reward("colorfulness") is colorfulness
 
 

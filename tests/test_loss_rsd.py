@@ -1,15 +1,14 @@
-"""RSD (LOSSES.md §14): closed form of the kernel repulsion, γ = 0 ⇒ SDS, repulsion spreads particles, N ≥ 3."""
+"""RSD (Zilberstein et al., ICLR 2025, arXiv 2406.16683; docs/losses.md): closed form of the kernel repulsion, γ = 0
+⇒ SDS, repulsion spreads particles, N ≥ 3."""
 
 from __future__ import annotations
-
-import math
 
 import pytest
 import torch
 
-from distill_helpers import alpha_sigma, exact_eps, gaussian_guidance, loss_input, run
 from dreamgen.errors import DreamgenError
 from dreamgen.losses.rsd import RSD, RSDConfig
+from loss_fixtures import alpha_sigma, exact_eps, gaussian_guidance, loss_input, run, svgd_repulsion
 
 
 def _replay(guidance, inp, seed, n, lo, hi):
@@ -23,19 +22,6 @@ def _replay(guidance, inp, seed, n, lo, hi):
     return x_t, s, sds
 
 
-def _svgd_repulsion(f: torch.Tensor) -> torch.Tensor:
-    """Σ_{j≠i} (2/h_i)·k_ij·(f_i − f_j) / Σ_{j≠i} k_ij, written with loops."""
-    n = f.shape[0]
-    out = torch.zeros_like(f)
-    for i in range(n):
-        d2 = torch.stack([((f[i] - f[j]) ** 2).sum() for j in range(n) if j != i])
-        h = d2.median() / math.log(n - 1)
-        k = torch.exp(-d2 / h)
-        others = [j for j in range(n) if j != i]
-        out[i] = sum(2 / h * k[m] * (f[i] - f[j]) for m, j in enumerate(others)) / k.sum()
-    return out
-
-
 def test_gamma_zero_is_sds_and_latent_features_match_closed_form():
     guidance = gaussian_guidance(sigma=0.5)
     inp = loss_input(guidance, b=6, n_particles=3)  # 3 particles × 2 views
@@ -44,7 +30,7 @@ def test_gamma_zero_is_sds_and_latent_features_match_closed_form():
     torch.testing.assert_close(g0, sds, rtol=1e-4, atol=1e-4)
 
     _, g = run(RSD(RSDConfig(gamma=50.0), guidance), inp, seed=2)
-    rep = _svgd_repulsion(x_t.reshape(3, -1)).reshape(x_t.shape)
+    rep = svgd_repulsion(x_t.reshape(3, -1)).reshape(x_t.shape)
     torch.testing.assert_close(g, sds - s**2 * 50.0 * s * rep, rtol=1e-4, atol=1e-4)
     assert (g - g0).abs().max() > 1e-3
 
@@ -54,12 +40,12 @@ def test_feature_plugins_apply_the_jacobian_transpose():
     inp = loss_input(guidance, b=4, n_particles=4)
     _, g_latent = run(RSD(RSDConfig(gamma=50.0), guidance), inp, seed=1)
     # f = 2·x_t: the median bandwidth absorbs the scale, so J = 2I gives the same update as f = x_t
-    _, g_doubled = run(RSD(RSDConfig(gamma=50.0, features="distill_helpers:doubled_features"), guidance), inp, seed=1)
+    _, g_doubled = run(RSD(RSDConfig(gamma=50.0, features="loss_fixtures:doubled_features"), guidance), inp, seed=1)
     torch.testing.assert_close(g_doubled, g_latent, rtol=1e-4, atol=1e-4)
 
-    _, g = run(RSD(RSDConfig(gamma=50.0, features="distill_helpers:pooled_tanh_features"), guidance), inp, seed=1)
+    _, g = run(RSD(RSDConfig(gamma=50.0, features="loss_fixtures:pooled_tanh_features"), guidance), inp, seed=1)
     x_t, s, sds = _replay(guidance, inp, 1, 4, 20, 980)
-    v = _svgd_repulsion(torch.tanh(x_t).mean(dim=(2, 3)))  # [4, C]
+    v = svgd_repulsion(torch.tanh(x_t).mean(dim=(2, 3)))  # [4, C]
     jac_t_v = torch.stack([torch.autograd.functional.vjp(lambda z: torch.tanh(z).mean(dim=(1, 2)), x_t[i], v[i])[1]
                            for i in range(4)])
     torch.testing.assert_close(g, sds - s**3 * 50.0 * jac_t_v, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,4 @@
-"""TSM (LOSSES.md §18): the ISM reductions at γ = 1 and γ = 0."""
+"""TSM (Dreamer XL, Miao et al., 2024, arXiv 2405.11252; docs/losses.md): the ISM reductions at γ = 1 and γ = 0."""
 
 from __future__ import annotations
 
@@ -6,30 +6,36 @@ import torch
 
 from dreamgen.losses.ism import ISM, ISMConfig
 from dreamgen.losses.tsm import TSM, TSMConfig
-from score_helpers import Counting, alpha_sigma, fixed_t, guidance, loss_input, mu, run
+from loss_fixtures import Counting, alpha_sigma, fixed_t, gaussian_guidance, loss_input, mu, run
+
+
+def test_defaults_are_dreamer_xls():
+    cfg = TSMConfig()
+    assert (cfg.gamma, cfg.lambda_guidance) == (0.3, 1.0) and ISMConfig().lambda_guidance == 0.1
 
 
 def test_gamma_one_is_ism_exactly():
-    g0 = guidance(sigma=0.5)
+    g0 = gaussian_guidance(sigma=0.5)
     inp = loss_input(g0, step=300)
     _, g_tsm = run(TSM(TSMConfig(gamma=1.0), g0), inp, seed=4)
-    _, g_ism = run(ISM(ISMConfig(), g0), inp, seed=4)
+    _, g_ism = run(ISM(ISMConfig(lambda_guidance=1.0), g0), inp, seed=4)
     assert torch.equal(g_tsm, g_ism)
 
 
 def test_gamma_zero_is_the_csd_form_at_x_t():
-    """μ = t: g = λ_g·(s/a)·ω·dC(x_t) = λ_g·ω·s²·(μ_∅ − μ_y)/(a²σ² + s²) for the Gaussian prior, with Δ = 80."""
-    g0 = guidance(sigma=0.5)
+    """μ = t: g = λ_g·(s/a)·ω·dC(x_t) = λ_g·ω·s²·(μ_∅ − μ_y)/(a²σ² + s²) for the Gaussian prior, with Δ = 80
+    and λ_g = 1."""
+    g0 = gaussian_guidance(sigma=0.5)
     _, g = run(TSM(TSMConfig(gamma=0.0, **fixed_t(520)), g0), loss_input(g0, step=2000), seed=2)
     a, s = alpha_sigma(g0, torch.tensor([520]))
-    expected = 0.1 * 7.5 * s**2 * (mu(g0, "") - mu(g0, "a cube")) / (a**2 * 0.25 + s**2)
+    expected = 1.0 * 7.5 * s**2 * (mu(g0, "") - mu(g0, "a cube")) / (a**2 * 0.25 + s**2)
     torch.testing.assert_close(g, expected.expand_as(g), rtol=1e-4, atol=1e-5)
 
 
 def test_default_gamma_targets_a_point_between_s_and_t():
     """γ = 0.3, t = 520, Δ = 80: μ = round(440 + 80·√0.91) = 516, one extra unconditional call, and a target
     nearer the γ = 0 one (μ = t = 520) than the ISM one (μ = s = 440)."""
-    counting = Counting(guidance(sigma=0.5))
+    counting = Counting(gaussian_guidance(sigma=0.5))
     inp = loss_input(counting, step=2000)
     g_of = {}
     for gamma in (1.0, 0.3, 0.0):

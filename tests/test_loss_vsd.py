@@ -1,16 +1,19 @@
-"""VSD (LOSSES.md §2) against the exact Gaussian prior: closed forms, the SDS reduction, ψ's isolation, resume."""
+"""VSD (ProlificDreamer, Wang et al., NeurIPS 2023, arXiv 2305.16213; docs/losses.md) against the exact Gaussian
+prior: closed forms, the SDS reduction, ψ's isolation, resume."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
 from dreamgen.guidance.base import TrainableScore
+from dreamgen.losses.esd import ESD, ESDConfig
 from dreamgen.losses.sds import SDS, SDSConfig
 from dreamgen.losses.vsd import VSD, VSDConfig
 from dreamgen.testing.gaussian_guidance import GaussianGuidance
-from particle_loss_helpers import (exact_eps, gaussian_guidance, loss_input, prompt_set, randomise_particle_score,
-                                   replay_generator_draws, run, snapshot, weights)
+from loss_fixtures import (exact_eps, gaussian_guidance, prompt_set, randomise_particle_score, replay, run, snapshot,
+                           view_input, weights)
 
 
 def test_vsd_defaults_are_prolificdreamers():
@@ -18,39 +21,39 @@ def test_vsd_defaults_are_prolificdreamers():
     assert (cfg.guidance_scale, cfg.lora_guidance_scale, cfg.lora_lr) == (7.5, 1.0, 1e-4)
     assert cfg.lora_camera_dropout == 0.1
     assert cfg.weighting == "sds" and cfg.lora_steps_per_iter == 1
-    loss = VSD(cfg, gaussian_guidance())
+    loss = VSD(cfg, gaussian_guidance(sigma=0.5))
     assert loss.core.t_range(0) == (20, 980)
     assert loss.core.t_range(5001) == (20, 500)  # the step drop of max_step_percent [5000, 0.98, 0.5, 5001]
 
 
 def test_generator_matches_closed_form_for_two_particles_sharing_the_score():
     """At init ε_ψ is the plain prompt's exact score: g = w·(E_ω(x_t; μ_vd) − ε*(x_t; μ_plain)), row by row."""
-    guidance = gaussian_guidance()
+    guidance = gaussian_guidance(sigma=0.5)
     prompts = prompt_set(guidance)
     torch.manual_seed(0)
     loss = VSD(VSDConfig(), guidance)
-    inp = loss_input(guidance, prompts, b=4, n_particles=2)
-    t, eps = replay_generator_draws(loss, inp, seed=3)
+    inp = view_input(guidance, prompts, b=4, n_particles=2)
+    t, eps = replay(loss, inp, seed=3)
     out, g = run(loss, inp, seed=3)
 
     ac = guidance.alphas_cumprod
     x_t = ac[t].sqrt().reshape(-1, 1, 1, 1) * inp.x.detach() + (1 - ac[t]).sqrt().reshape(-1, 1, 1, 1) * eps
-    e_vd, e_0 = exact_eps(x_t, t, inp.cond, ac), exact_eps(x_t, t, inp.uncond, ac)
-    e_plain = exact_eps(x_t, t, prompts.cond_plain(4), ac)
+    e_vd, e_0 = exact_eps(guidance, x_t, t, inp.cond), exact_eps(guidance, x_t, t, inp.uncond)
+    e_plain = exact_eps(guidance, x_t, t, prompts.cond_plain(4))
     expected = (1 - ac[t]).reshape(-1, 1, 1, 1) * (e_0 + 7.5 * (e_vd - e_0) - e_plain)
-    torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
     assert expected.abs().max() > 0.1
     assert "lora_loss" in out.logs and out.logs["lora_loss"] > 0
 
 
 def test_particle_score_mixes_camera_and_null_camera_with_s_L():
-    guidance = gaussian_guidance()
+    guidance = gaussian_guidance(sigma=0.5)
     prompts = prompt_set(guidance)
     torch.manual_seed(0)
     loss = VSD(VSDConfig(lora_guidance_scale=2.5), guidance)
     randomise_particle_score(loss, seed=5)
-    inp = loss_input(guidance, prompts, b=3)
-    t, eps = replay_generator_draws(loss, inp, seed=4)
+    inp = view_input(guidance, prompts, b=3)
+    t, eps = replay(loss, inp, seed=4)
     x_t = loss.core.add_noise(inp.x.detach(), eps, t)
     with torch.no_grad():
         y = prompts.cond_plain(3)
@@ -61,7 +64,7 @@ def test_particle_score_mixes_camera_and_null_camera_with_s_L():
     assert (e_c - e_free).abs().max() > 1e-2  # the camera matters, so s_L is exercised
     _, g = run(loss, inp, seed=4)
     expected = loss.core.weight(t, x_t) * (e_pre - (e_free + 2.5 * (e_c - e_free)))
-    torch.testing.assert_close(g, expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g, expected, rtol=1e-4, atol=1e-5)
 
 
 class SampledNoiseScore(TrainableScore):
@@ -85,12 +88,12 @@ class SampledNoiseGuidance(GaussianGuidance):
 
 
 def test_sampled_noise_as_particle_score_is_exactly_sds():
-    guidance = gaussian_guidance(SampledNoiseGuidance)
+    guidance = gaussian_guidance(sigma=0.5, cls=SampledNoiseGuidance)
     prompts = prompt_set(guidance)
     vsd = VSD(VSDConfig(), guidance)
     sds = SDS(SDSConfig(guidance_scale=7.5, t_max=0.98), guidance)
-    inp_v, inp_s = loss_input(guidance, prompts), loss_input(guidance, prompts)
-    _, guidance.score.noise = replay_generator_draws(vsd, inp_v, seed=8)
+    inp_v, inp_s = view_input(guidance, prompts), view_input(guidance, prompts)
+    _, guidance.score.noise = replay(vsd, inp_v, seed=8)
 
     out_v, g_v = run(vsd, inp_v, seed=8)
     out_s, g_s = run(sds, inp_s, seed=8)
@@ -100,17 +103,17 @@ def test_sampled_noise_as_particle_score_is_exactly_sds():
 
 
 def test_g_vanishes_when_particle_score_is_the_pretrained_one_at_omega_one():
-    guidance = gaussian_guidance()
+    guidance = gaussian_guidance(sigma=0.5)
     prompts = prompt_set(guidance, view_dependent=False)  # the LoRA's prompt is then the pretrained one's
     for omega, vanishes in ((1.0, True), (7.5, False)):
         torch.manual_seed(0)
         loss = VSD(VSDConfig(guidance_scale=omega), guidance)
-        _, g = run(loss, loss_input(guidance, prompts), seed=2)
+        _, g = run(loss, view_input(guidance, prompts), seed=2)
         assert (g.abs().max() < 1e-6) == vanishes
 
 
 def test_particle_score_step_has_no_gradient_path_to_x():
-    guidance = gaussian_guidance()
+    guidance = gaussian_guidance(sigma=0.5)
     prompts = prompt_set(guidance)
     torch.manual_seed(0)
     frozen = VSD(VSDConfig(lora_steps_per_iter=0), guidance)
@@ -119,7 +122,7 @@ def test_particle_score_step_has_no_gradient_path_to_x():
     trained.load_checkpoint_state(snapshot(frozen))
     before = weights(frozen)
 
-    inp_f, inp_t = loss_input(guidance, prompts), loss_input(guidance, prompts)
+    inp_f, inp_t = view_input(guidance, prompts), view_input(guidance, prompts)
     out_f, g_f = run(frozen, inp_f, seed=6)
     out_t, g_t = run(trained, inp_t, seed=6)
     assert torch.equal(g_f, g_t)
@@ -131,11 +134,11 @@ def test_particle_score_step_has_no_gradient_path_to_x():
 
 def test_particle_score_step_fits_the_particles_noise():
     """Training ψ on one fixed particle lowers its denoising loss on held-out (t', eps') draws."""
-    guidance = gaussian_guidance()
+    guidance = gaussian_guidance(sigma=0.5)
     prompts = prompt_set(guidance)
     torch.manual_seed(0)
     loss = VSD(VSDConfig(lora_lr=3e-3, lora_camera_dropout=0.0), guidance)
-    inp = loss_input(guidance, prompts, b=1)
+    inp = view_input(guidance, prompts, b=1)
     x0, y = inp.x.detach(), prompts.cond_plain(1)
 
     gen = torch.Generator().manual_seed(9)
@@ -155,18 +158,18 @@ def test_particle_score_step_fits_the_particles_noise():
 
 
 def test_checkpoint_round_trip_resumes_exactly():
-    guidance = gaussian_guidance()
+    guidance = gaussian_guidance(sigma=0.5)
     prompts = prompt_set(guidance)
     torch.manual_seed(0)
     first = VSD(VSDConfig(lora_lr=1e-2), guidance)
-    run(first, loss_input(guidance, prompts), seed=1)  # the optimiser now has moments
+    run(first, view_input(guidance, prompts), seed=1)  # the optimiser now has moments
     state = snapshot(first)
-    out_a, g_a = run(first, loss_input(guidance, prompts), seed=2)
+    out_a, g_a = run(first, view_input(guidance, prompts), seed=2)
 
     torch.manual_seed(99)
     resumed = VSD(VSDConfig(lora_lr=1e-2), guidance)
     resumed.load_checkpoint_state(state)
-    out_b, g_b = run(resumed, loss_input(guidance, prompts), seed=2)
+    out_b, g_b = run(resumed, view_input(guidance, prompts), seed=2)
     assert torch.equal(out_a.loss, out_b.loss) and torch.equal(g_a, g_b)
     assert out_a.logs["lora_loss"] == out_b.logs["lora_loss"]
     assert all(torch.equal(a, b) for a, b in zip(weights(first), weights(resumed)))
@@ -175,7 +178,7 @@ def test_checkpoint_round_trip_resumes_exactly():
     weights_only = VSD(VSDConfig(lora_lr=1e-2), guidance)
     fresh_optimiser = weights_only.particle_score.optimizer.state_dict()
     weights_only.load_checkpoint_state({"particle_score": {**state["particle_score"], "optimizer": fresh_optimiser}})
-    run(weights_only, loss_input(guidance, prompts), seed=2)
+    run(weights_only, view_input(guidance, prompts), seed=2)
     assert not all(torch.equal(a, b) for a, b in zip(weights(first), weights(weights_only)))
 
 
@@ -209,3 +212,29 @@ def test_vsd_on_a_tiny_stable_diffusion_trains_lora_and_resumes_exactly(tiny_sd_
     out_b, g_b = step(resumed, seed=2)
     assert torch.equal(out_a.loss, out_b.loss) and torch.equal(g_a, g_b)
     assert all(torch.equal(a, b) for a, b in zip(weights(first), weights(resumed)))
+
+
+@pytest.mark.parametrize("loss_cls, cfg_cls", [(VSD, VSDConfig), (ESD, ESDConfig)])
+def test_particle_score_step_drops_the_camera_with_probability_p(loss_cls, cfg_cls):
+    """The ψ step trains on the null camera with probability p per sample: none at p = 0, all at p = 1, and a
+    binomial share at p = 0.3 (within 4 standard deviations); the kept rows keep their own camera."""
+    guidance = gaussian_guidance(sigma=0.5)
+    prompts = prompt_set(guidance)
+    b = 400
+    inp = view_input(guidance, prompts, b=b)
+    for p in (0.0, 1.0, 0.3):
+        torch.manual_seed(0)
+        loss = loss_cls(cfg_cls(lora_camera_dropout=p), guidance)
+        seen = []
+        net = loss.particle_score.net
+        forward = net.predict_noise
+        net.predict_noise = lambda x_t, t, emb, camera: seen.append(camera) or forward(x_t, t, emb, camera)
+        torch.manual_seed(1)
+        loss.particle_score_step(inp.x.detach(), prompts.cond_plain(b), inp)
+        (camera,) = seen
+        null = (camera == 0).all(dim=1)
+        assert torch.equal(camera[~null], inp.camera[~null])
+        if p in (0.0, 1.0):
+            assert bool(null.all()) == (p == 1.0) and bool(null.any()) == (p == 1.0)
+        else:
+            assert abs(null.float().mean().item() - p) < 4 * (p * (1 - p) / b) ** 0.5

@@ -16,6 +16,15 @@ if TYPE_CHECKING:
     from dreamgen.cameras import Cameras
 
 
+def alpha_sigma(alphas_cumprod: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
+    """The noise schedule at timesteps t: (a_t, s_t) = (√ᾱ_t, √(1 − ᾱ_t)), so that x_t = a_t·x + s_t·ε.
+
+    alphas_cumprod: [T] ᾱ; t: [B] long; like: [B,...] -> each [B,1,...,1] (broadcasts against ``like``), in its dtype.
+    """
+    ab = alphas_cumprod.to(t.device)[t].reshape(-1, *([1] * (like.dim() - 1)))
+    return ab.sqrt().to(like.dtype), (1 - ab).sqrt().to(like.dtype)
+
+
 class Guidance(nn.Module):
     """Frozen text-conditioned denoiser.
 

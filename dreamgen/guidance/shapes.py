@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from dreamgen.cameras import Cameras
 from dreamgen.errors import GuidanceLoadError
-from dreamgen.guidance.base import Guidance, LoRAScore
+from dreamgen.guidance.base import Guidance, LoRAScore, alpha_sigma
 from dreamgen.prior.io import DEFAULT_WEIGHTS, load_prior
 from dreamgen.prior.model import ShapesPrior, denoise, v_to_eps
 from dreamgen.registry import register
@@ -43,12 +43,6 @@ class ShapesGuidanceConfig:
 class ShapesCamGuidanceConfig:
     name: str = "shapes-cam"
     weights: str = ""  # as for "shapes"; the weights must have a camera input (camera_dim > 0)
-
-
-def _schedule(ac: Tensor, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-    """(a_t, s_t) shaped [B,1,1,1] for ε/x0 conversions."""
-    ab = ac[t].reshape(-1, 1, 1, 1).to(like.dtype)
-    return ab.sqrt(), (1 - ab).sqrt()
 
 
 @register("guidance", "shapes", config=ShapesGuidanceConfig, family="prior",
@@ -89,7 +83,7 @@ class ShapesGuidance(Guidance):
 
     def predict_noise(self, x_t: Tensor, t: Tensor, text_emb: Tensor) -> Tensor:
         v = self.prior(x_t, t, text_emb)
-        return v_to_eps(v, x_t, *_schedule(self.alphas_cumprod, t, x_t))
+        return v_to_eps(v, x_t, *alpha_sigma(self.alphas_cumprod, t, x_t))
 
     def trainable_copy(self, lora_rank: int, camera_dim: int = 16) -> "ShapesLoRAScore":
         return ShapesLoRAScore(copy.deepcopy(self.prior), self.alphas_cumprod, lora_rank, camera_dim)
@@ -150,4 +144,4 @@ class ShapesLoRAScore(LoRAScore):
         prior = self._prior[0]
         cond = prior.condition(text_emb) + self.camera_mlp(self.camera_or_null(camera, x_t))
         v = denoise(self.unet, prior.spec.patch, x_t, t, cond)
-        return v_to_eps(v, x_t, *_schedule(self.alphas_cumprod, t, x_t))
+        return v_to_eps(v, x_t, *alpha_sigma(self.alphas_cumprod, t, x_t))

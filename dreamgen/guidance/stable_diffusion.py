@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamgen.errors import GuidanceLoadError
-from dreamgen.guidance.base import Guidance, LoRAScore
+from dreamgen.guidance.base import Guidance, LoRAScore, alpha_sigma
 from dreamgen.registry import register
 
 log = logging.getLogger("dreamgen")
@@ -160,8 +160,8 @@ def _to_eps(out: Tensor, x_t: Tensor, t: Tensor, alphas_cumprod: Tensor, predict
     out = out.float()
     if prediction_type == "epsilon":
         return out
-    ab = alphas_cumprod.to(t.device)[t].reshape(-1, 1, 1, 1)
-    return ab.sqrt() * out + (1 - ab).sqrt() * x_t.float()
+    a, s = alpha_sigma(alphas_cumprod, t, out)
+    return a * out + s * x_t.float()
 
 
 def weights_available(source: str) -> bool:

@@ -8,6 +8,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from dreamgen.losses.core import LossConfig, ScoreCore
+from dreamgen.prompts import PerpNeg
 
 
 @dataclass
@@ -26,6 +27,8 @@ class LossInput:
     source_x: Tensor | None = None  # [B,C,h,w] frozen source renders at the same cameras (editing, DDS)
     source_cond: Tensor | None = None  # [B,...] the source prompt's embeddings (editing, DDS)
     t_bounds: tuple[Any, Any] | None = None  # this stage's (t_min, t_max), numbers or schedules; None: the loss's own
+    perp_neg: PerpNeg | None = None  # Perp-Neg's prompts for these cameras (prompts.perp_neg); cond = perp_neg.cond
+    source_perp_neg: PerpNeg | None = None  # the same for the source prompt (DDS with Perp-Neg)
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""BSD — Balanced Score Distillation (PlacidDreamer, Huang et al., ACM MM 2024; LOSSES.md §9).
+"""BSD — Balanced Score Distillation (Huang, Sun, Wang et al., "PlacidDreamer: Advancing Harmony in Text-to-3D
+Generation", ACM MM 2024, arXiv 2407.13976; docs/losses.md).
 
 Two objectives, balanced as a two-task min-norm (MGDA) problem per sample. One t per batch and one eps per sample,
 x_t = a_t·x + s_t·ξ, ξ = eps + offset·N(0,1) per channel:
@@ -17,6 +18,8 @@ x_t = a_t·x + s_t·ξ, ξ = eps + offset·N(0,1) per channel:
   0.02·‖e_0 − ξ‖·s_t instead of a_t (norm per sample; the reference takes it over the batch, equal for B = 1);
   ``lambda_c`` is not used there.
 - The weight is BSD's own, so the inherited ``weighting`` and ``guidance_scale`` are not used.
+- With Perp-Neg, e_y is its conditional prediction (``ScoreCore.eps_guided``), taken relative to the smoothing
+  prediction e_0, so g_c = λ_c·(dC + Σ_i w_i·perp(e_neg_i − e_0, dC)).
 - Defaults follow the ISM schedule of the reference: t ∈ [0.02, 0.5] grown from 0.98 over 1500 steps, λ_g = 0.1,
   offset noise 0.1.
 
@@ -33,7 +36,7 @@ from torch import Tensor
 
 from dreamgen.errors import ConfigError
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
-from dreamgen.losses.core import LossConfig, ScoreCore, surrogate_loss
+from dreamgen.losses.core import LossConfig, bdot, surrogate_loss
 from dreamgen.registry import register
 
 SMOOTHING_PROMPTS = ("negative", "empty")
@@ -58,7 +61,7 @@ class BSDConfig(LossConfig):
 def min_norm_combination(g_c: Tensor, g_s: Tensor) -> tuple[Tensor, Tensor]:
     """Per sample, the minimum-norm point d = α·g_c + (1−α)·g_s of the segment, and α ([B,1,...,1])."""
     diff = g_s - g_c
-    alpha = ScoreCore.bdot(diff, g_s) / ScoreCore.bdot(diff, diff).clamp_min(torch.finfo(diff.dtype).tiny)
+    alpha = bdot(diff, g_s) / bdot(diff, diff).clamp_min(torch.finfo(diff.dtype).tiny)
     alpha = alpha.clamp(0.0, 1.0)
     return alpha * g_c + (1 - alpha) * g_s, alpha
 
@@ -80,12 +83,12 @@ class BSD(DistillationLoss):
         xi = core.noise(x, cfg.offset_noise)
         x_t = core.add_noise(x.detach(), xi, t)
         smooth = core.text_embedding(cfg.negative_prompt, n) if cfg.smoothing_prompt == "negative" else inp.uncond
-        e_y, e_0 = core.eps_multi(x_t, t, [inp.cond, smooth])
+        e_y, e_0, _ = core.eps_guided(x_t, t, inp.cond, smooth, inp.perp_neg)
 
         a_t, s_t = core.alpha_sigma(t, x)
         if cfg.auto:
             g_c, g_s = e_y - e_0, cfg.auto_smoothing_scale * (e_0 - xi)
-            w = cfg.auto_weight_scale * core.bdot(e_0 - xi, e_0 - xi).sqrt() * s_t
+            w = cfg.auto_weight_scale * bdot(e_0 - xi, e_0 - xi).sqrt() * s_t
         else:
             g_c, g_s = cfg.lambda_c * (e_y - e_0), e_0
             w = a_t

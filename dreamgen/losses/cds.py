@@ -1,4 +1,6 @@
-"""CDS — Consistency Distillation Sampling (Consistent3D, Wu et al., CVPR 2024; LOSSES.md §12).
+"""CDS — Consistency Distillation Sampling (Wu, Zhou, Yi, Yuan & Zhang, "Consistent3D: Towards Consistent
+High-Fidelity Text-to-3D Generation with Deterministic Sampling Prior", CVPR 2024, arXiv 2401.09050;
+docs/losses.md).
 
 Update rule in the VE form z = x + sv·eps (sv_t = s_t/a_t, and z/√(1+sv_t²) = x_t exactly), with ONE noise
 eps* drawn at the first call and shared by every sample and every step, a teacher timestep s and a later t > s:
@@ -83,9 +85,9 @@ class CDS(DistillationLoss):
         sv_t, sv_s = s_t / a_t, s_s / a_s
 
         z_t = x.detach() + sv_t * eps_star
-        e_t, _, _ = core.eps_cfg(z_t / (1 + sv_t**2).sqrt(), t, inp.cond, inp.uncond, scale)
+        e_t, _, _ = core.eps_cfg(z_t / (1 + sv_t**2).sqrt(), t, inp.cond, inp.uncond, scale, inp.perp_neg)
         z_s = z_t + (sv_s - sv_t) * e_t
-        e_s, _, _ = core.eps_cfg(z_s / (1 + sv_s**2).sqrt(), s, inp.cond, inp.uncond, scale)
+        e_s, _, _ = core.eps_cfg(z_s / (1 + sv_s**2).sqrt(), s, inp.cond, inp.uncond, scale, inp.perp_neg)
         g = core.weight(t, x) * (e_t - e_s)
 
         if self.cfg.grad_clip is not None:

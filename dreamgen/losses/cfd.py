@@ -1,4 +1,5 @@
-"""CFD — Consistent Flow Distillation (Yan et al., ICLR 2025; LOSSES.md §16).
+"""CFD — Consistent Flow Distillation (Yan, Chen & Wang, "Consistent Flow Distillation for Text-to-3D Generation",
+ICLR 2025, arXiv 2501.05445; docs/losses.md).
 
 Update rule, with a deterministic t and a noise that is consistent across views:
 
@@ -144,7 +145,7 @@ class CFD(DistillationLoss):
             eps = xi
         uncond = core.text_embedding(self.cfg.negative_prompt, b) if self.cfg.negative_prompt else inp.uncond
         x_t = core.add_noise(x.detach(), eps, t)
-        e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, uncond)
+        e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, uncond, perp_neg=inp.perp_neg)
         g = core.weight(t, x) * (e_cfg - eps)
         loss = self.cfg.weight * surrogate_loss(x, g)
         return LossOutput(loss, {"t": float(t[0]), "consistent_noise": float(consistent),

@@ -1,8 +1,12 @@
-"""The noise-prediction core every distillation loss is written in (notation of LOSSES.md §0).
+"""The noise-prediction core every distillation loss is written in (the notation of ``docs/losses.md``).
 
 - Noising: ``x_t = a_t·x + s_t·eps`` with ``a_t = sqrt(ᾱ_t)``, ``s_t = sqrt(1-ᾱ_t)``.
 - Classifier-free guidance, ONE convention (diffusers'): ``E_ω = e_0 + ω·(e_y − e_0)``. threestudio's
   ``e_y + s·(e_y − e_0)`` equals ``E_{s+1}``, so DreamFusion's "guidance 100" in threestudio configs is ω = 101 here.
+- Perp-Neg (Armandpour et al. 2023, arXiv 2304.04968), when a batch carries its prompts (``LossInput.perp_neg``):
+  the conditional prediction becomes ``ẽ_y = e_y + Σ_i w_i·perp(e_neg_i − e_0, dC)``, dC = e_y − e_0, so
+  ``E_ω = e_0 + ω·(dC + Σ_i w_i·perp(e_neg_i − e_0, dC))``; perp(a, b) = a − ⟨a,b⟩/‖b‖²·b per sample. It lives
+  only in :meth:`ScoreCore.eps_guided`, in the same batched denoiser call as e_y and e_0.
 - Weighting ``w(t)``: ``sds`` = s_t², ``uniform`` = 1, ``fantasia3d`` = a_t·s_t², ``sigma_ratio`` = s_t/a_t.
 - Timesteps: integer t in [0, T). ``t_min``/``t_max`` are fractions of T; either may be a schedule
   ``[start_step, v0, v1, end_step]`` interpolated linearly (threestudio's ``C``). ``t_sampling``: ``uniform`` draws
@@ -20,6 +24,8 @@ import torch
 from torch import Tensor
 
 from dreamgen.errors import ConfigError
+from dreamgen.guidance.base import alpha_sigma
+from dreamgen.prompts import PerpNeg
 from dreamgen.schema import bounded
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d", "sigma_ratio")
@@ -70,10 +76,20 @@ def scheduled(value: Any, step: int) -> float:
 
 
 def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:
-    """0.5·Σ(x − sg(x − g))² / B, whose gradient w.r.t. x is g / B (LOSSES.md §0)."""
+    """0.5·Σ(x − sg(x − g))² / B, whose gradient w.r.t. x is g / B (threestudio's reparameterisation)."""
     g = torch.nan_to_num(g.detach())
     target = (x - g).detach()
     return 0.5 * ((x - target) ** 2).sum() / x.shape[0]
+
+
+def bdot(a: Tensor, b: Tensor) -> Tensor:
+    """Per-sample inner product ⟨a_i, b_i⟩ of [B,...] tensors, shaped [B,1,...,1] to broadcast against a."""
+    return (a * b).flatten(1).sum(1).reshape(-1, *([1] * (a.dim() - 1)))
+
+
+def perp_component(a: Tensor, b: Tensor) -> Tensor:
+    """perp(a, b) = a − ⟨a,b⟩/‖b‖²·b per sample: the part of a orthogonal to b ([B,...] each; b = 0 gives a)."""
+    return a - bdot(a, b) / bdot(b, b).clamp_min(torch.finfo(b.dtype).tiny) * b
 
 
 class ScoreCore:
@@ -117,12 +133,9 @@ class ScoreCore:
         return t.expand(n).clone()
 
     # ---- schedule quantities, shaped [B,1,...,1] to broadcast against x -------------------------------------
-    def _view(self, v: Tensor, like: Tensor) -> Tensor:
-        return v.reshape(-1, *([1] * (like.dim() - 1))).to(like.dtype)
-
     def alpha_sigma(self, t: Tensor, like: Tensor) -> tuple[Tensor, Tensor]:
-        ab = self.alphas_cumprod.to(t.device)[t]
-        return self._view(ab.sqrt(), like), self._view((1 - ab).sqrt(), like)
+        """(a_t, s_t), each [B,1,...,1] in like's dtype."""
+        return alpha_sigma(self.alphas_cumprod, t, like)
 
     def weight(self, t: Tensor, like: Tensor, kind: str | None = None) -> Tensor:
         a, s = self.alpha_sigma(t, like)
@@ -148,26 +161,45 @@ class ScoreCore:
         eps = torch.randn_like(x)
         return t, eps, self.add_noise(x.detach(), eps, t)
 
-    # ---- denoiser --------------------------------------------------------------------------------------------
+    # ---- denoiser ----------------------------------------------------------------------------------------------
     @torch.no_grad()
     def eps(self, x_t: Tensor, t: Tensor, emb: Tensor) -> Tensor:
         return self.guidance.predict_noise(x_t, t, emb)
 
     @torch.no_grad()
-    def eps_multi(self, x_t: Tensor, t: Tensor, embs: Sequence[Tensor]) -> list[Tensor]:
-        """One batched denoiser call for several conditions at the same (x_t, t); returns one ε per condition."""
-        k = len(embs)
-        out = self.guidance.predict_noise(torch.cat([x_t] * k), torch.cat([t] * k), torch.cat(list(embs)))
-        return list(out.chunk(k))
+    def eps_guided(self, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, perp_neg: PerpNeg | None = None,
+                   extra: Sequence[Tensor] = ()) -> tuple[Tensor, Tensor, list[Tensor]]:
+        """(ẽ_y, e_0, [ε of each ``extra`` embedding]) at (x_t, t), all from ONE batched denoiser call.
+
+        ẽ_y is e_y, or with ``perp_neg`` the Perp-Neg conditional prediction e_y + Σ_i w_i·perp(e_neg_i − e_0, dC):
+        its K negatives per sample are rows of the same call, 2 + len(extra) + K rows per sample in all.
+        """
+        b, k = x_t.shape[0], 0 if perp_neg is None else perp_neg.weights.shape[1]
+        n = 2 + len(extra)
+        embs = [cond, uncond, *extra]
+        x_in, t_in = [x_t] * n, [t] * n
+        if k:
+            embs.append(perp_neg.negatives.flatten(0, 1))  # [B·K,...], sample-major
+            x_in.append(x_t.repeat_interleave(k, dim=0))
+            t_in.append(t.repeat_interleave(k, dim=0))
+        out = self.guidance.predict_noise(torch.cat(x_in), torch.cat(t_in), torch.cat(embs))
+        e_y, e_0, *rest = out[: n * b].chunk(n)
+        if k:
+            e_neg = out[n * b:].reshape(b, k, *x_t.shape[1:])
+            d_c = e_y - e_0
+            w = perp_neg.weights.to(x_t).reshape(b, k, *([1] * (x_t.dim() - 1)))
+            e_y = e_y + sum(w[:, i] * perp_component(e_neg[:, i] - e_0, d_c) for i in range(k))
+        return e_y, e_0, rest
 
     @staticmethod
     def cfg_combine(e_cond: Tensor, e_uncond: Tensor, scale: float) -> Tensor:
         """E_ω = e_0 + ω·(e_y − e_0)."""
         return e_uncond + scale * (e_cond - e_uncond)
 
-    def eps_cfg(self, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float | None = None):
-        """Returns (E_ω, e_y, e_0) from one batched forward."""
-        e_y, e_0 = self.eps_multi(x_t, t, [cond, uncond])
+    def eps_cfg(self, x_t: Tensor, t: Tensor, cond: Tensor, uncond: Tensor, scale: float | None = None,
+                perp_neg: PerpNeg | None = None) -> tuple[Tensor, Tensor, Tensor]:
+        """(E_ω, ẽ_y, e_0) from one batched forward (:meth:`eps_guided`); ω = the config's ``guidance_scale``."""
+        e_y, e_0, _ = self.eps_guided(x_t, t, cond, uncond, perp_neg)
         w = self.cfg.guidance_scale if scale is None else scale
         return self.cfg_combine(e_y, e_0, w), e_y, e_0
 
@@ -214,11 +246,6 @@ class ScoreCore:
         emb = self._text_cache[text]
         return emb.expand(n, *emb.shape[1:])
 
-    @staticmethod
-    def bdot(a: Tensor, b: Tensor) -> Tensor:
-        """Per-sample inner product ⟨a_i, b_i⟩, shaped [B,1,...,1] to broadcast against a."""
-        return (a * b).flatten(1).sum(1).reshape(-1, *([1] * (a.dim() - 1)))
-
     def t_plus(self, t: Tensor, ratio: float, step: int) -> Tensor:
         """A later timestep t + ⌊U·ratio·(t − t_lo)⌋, U ~ U[0,1) per sample, at most T−1 (ScaleDreamer, DSD)."""
         lo, _ = self.t_range(step)
@@ -227,17 +254,18 @@ class ScoreCore:
 
     @torch.no_grad()
     def ddim_cfg_sample(self, x_t: Tensor, t_from: Tensor, t_to: Tensor | None, cond: Tensor, uncond: Tensor,
-                        n_steps: int, scale: float | None = None) -> Tensor:
+                        n_steps: int, scale: float | None = None, perp_neg: PerpNeg | None = None) -> Tensor:
         """Deterministic CFG DDIM ODE from x_t at ``t_from`` down to ``t_to`` ([B] long) in ``n_steps`` equal steps.
 
-        One E_ω per step (2·n_steps NFE), on the grid τ_k = round(t_from + (t_to − t_from)·k/n). ``t_to=None``
-        samples clean data: the grid runs to 0 and the last step returns the x̂0 prediction.
+        One E_ω per step (2·n_steps NFE, plus K per step with Perp-Neg), on the grid
+        τ_k = round(t_from + (t_to − t_from)·k/n). ``t_to=None`` samples clean data: the grid runs to 0 and the last
+        step returns the x̂0 prediction.
         """
         end = torch.zeros_like(t_from) if t_to is None else t_to
         frac = torch.linspace(0.0, 1.0, n_steps + 1, device=t_from.device)[:, None]
         grid = (t_from[None].float() + (end - t_from)[None].float() * frac).round().long()  # [n+1, B]
         for k in range(n_steps):
-            e_cfg, _, _ = self.eps_cfg(x_t, grid[k], cond, uncond, scale)
+            e_cfg, _, _ = self.eps_cfg(x_t, grid[k], cond, uncond, scale, perp_neg)
             if t_to is None and k == n_steps - 1:
                 return self.x0_from_eps(x_t, e_cfg, grid[k])
             x_t = self.ddim_step(x_t, e_cfg, grid[k], grid[k + 1])

@@ -1,5 +1,5 @@
-"""CSD — Classifier Score Distillation (Yu et al., "Text-to-3D with Classifier Score Distillation", ICLR 2024;
-LOSSES.md §4).
+"""CSD — Classifier Score Distillation (Yu, Guo, Li, Yuan & Qi, "Text-to-3D with Classifier Score Distillation",
+ICLR 2024, arXiv 2310.19415; docs/losses.md).
 
 Update rule, one t ~ U{t_min..t_max} and one eps ~ N(0, I) per sample, x_t = a_t·x + s_t·eps:
 
@@ -11,8 +11,11 @@ Update rule, one t ~ U{t_min..t_max} and one eps ~ N(0, I) per sample, x_t = a_t
   ``csd-sd-refine`` (SD-2.1-base) a_n = [0, -1, -0.5, 10000], a_∅ = [0, 0, -0.5, 10000], t_max 0.5, w = s²;
   ``csd-if`` a_n = [0, 0, -1, 5000], a_∅ = [0, -1, 0, 5000], weighting uniform, t_max [5000, 0.98, 0.5, 5001].
 - ω: the reference code absorbs it into Adam's learning rate and uses 1, the default here.
-- e_neg uses ``negative_prompt`` (csd-if's string); only branches with a nonzero coefficient are evaluated, in one
-  batched forward. The reference code's optional Perp-Neg term is not part of this loss.
+- e_neg uses ``negative_prompt`` (csd-if's string), evaluated only when a_n ≠ 0; all predictions come from one
+  batched forward.
+- Perp-Neg (when the batch carries it): e_y is Perp-Neg's conditional prediction e_y + Σ_i w_i·perp(e_neg_i − e_"",
+  dC) (``ScoreCore.eps_guided``), so the paper form becomes ω·w·(dC + Σ_i w_i·perp(…)). The reference code adds
+  that term with a coefficient of its own (3 in csd-if); here it rides on a_c.
 
 Invariants: coefficients summing to 0 make g invariant to a constant added to every ε-prediction;
 g_SDS(ω) − g_SDS(0) = ω·g_CSD with shared (t, eps).
@@ -22,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
-
 
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
 from dreamgen.losses.core import LossConfig, scheduled, surrogate_loss
@@ -50,18 +52,12 @@ class CSD(DistillationLoss):
 
         a_c, a_n, a_0, a_eps = (scheduled(v, inp.step)
                                 for v in (cfg.cond_coef, cfg.negative_coef, cfg.null_coef, cfg.noise_coef))
-        branches = []
-        if a_c:
-            branches.append((a_c, inp.cond))
-        if a_n:
-            branches.append((a_n, core.text_embedding(cfg.negative_prompt, n)))
-        if a_0:
-            branches.append((a_0, inp.uncond))
-        preds = core.eps_multi(x_t, t, [emb for _, emb in branches]) if branches else []
+        negative = [core.text_embedding(cfg.negative_prompt, n)] if a_n else []
+        e_y, e_0, e_neg = core.eps_guided(x_t, t, inp.cond, inp.uncond, inp.perp_neg, extra=negative)
 
-        combo = a_eps * eps
-        for (a, _), e in zip(branches, preds):
-            combo = combo + a * e
+        combo = a_c * e_y + a_0 * e_0 + a_eps * eps
+        if e_neg:
+            combo = combo + a_n * e_neg[0]
         g = cfg.guidance_scale * core.weight(t, x) * combo
         loss = cfg.weight * surrogate_loss(x, g)
         return LossOutput(loss, {"t": t.float().mean().item(), "grad_norm": g.norm().item() / n})

@@ -1,8 +1,8 @@
 """D-SDS — Debiased Score Distillation Sampling (Hong et al., "Debiasing Scores and Prompts of 2D Diffusion for
-View-consistent Text-to-3D Generation", NeurIPS 2023; LOSSES.md §11).
+View-consistent Text-to-3D Generation", NeurIPS 2023, arXiv 2303.15413; docs/losses.md).
 
-Score debiasing: SDS (§1) with the update clipped elementwise by a threshold that rises over training, one t and
-one eps per sample, x_t = a_t·x + s_t·eps:
+Score debiasing: SDS (:mod:`dreamgen.losses.sds`) with the update clipped elementwise by a threshold that rises over
+training, one t and one eps per sample, x_t = a_t·x + s_t·eps:
 
     g = clamp(w(t)·(E_ω(x_t; y) − eps), −c(k), c(k)),      c = [0, 2.0, 8.0, 10000] (SD; IF uses 0.5 → 2)
 

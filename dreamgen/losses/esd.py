@@ -1,5 +1,5 @@
-"""ESD — Entropic Score Distillation (Wang et al. 2024, "Taming Mode Collapse in Score Distillation for Text-to-3D
-Generation"; LOSSES.md §3).
+"""ESD — Entropic Score Distillation (Wang, Xu, Fan et al., "Taming Mode Collapse in Score Distillation for
+Text-to-3D Generation", CVPR 2024, arXiv 2401.00909; docs/losses.md).
 
 VSD whose generator subtracts a mixture of the camera-free and the camera-conditioned particle scores; the
 camera-free score is the score of q marginalised over views, so subtracting it maximises the entropy of the

@@ -1,4 +1,5 @@
-"""ISM — Interval Score Matching (LucidDreamer, Liang et al., CVPR 2024; LOSSES.md §7).
+"""ISM — Interval Score Matching (Liang, Yang, Lin, Li, Xu & Chen, "LucidDreamer: Towards High-Fidelity Text-to-3D
+Generation via Interval Score Matching", CVPR 2024, arXiv 2311.11284; docs/losses.md).
 
 SDS's target eps is replaced by the unconditional prediction at an earlier point of the render's own deterministic
 DDIM trajectory. One t per batch (``per_sample_t = False``), s = max(t − Δ, 0), all inversions unconditional (η = 0):
@@ -16,7 +17,8 @@ DDIM trajectory. One t per batch (``per_sample_t = False``), s = max(t − Δ, 0
   at the nearly clean start point (ᾱ_0 ≈ 0.999), so with ``start_noise = 0`` g is a deterministic function of
   (x, t, Δ).
 - The reference's random horizontal flip of the renders is an augmentation of the render, not of this loss.
-- Subclasses (TSM) change only :meth:`target`.
+- Subclasses (TSM) change only :meth:`target`. Perp-Neg, when the batch carries it, enters E_ω only; the
+  inversions stay unconditional.
 
 Invariant: Δ = 0 ⇒ g = λ_g·sv_t·ω·dC at the inverted point (the CSD form).
 Cost: ceil((s − u)/J) + 1 unconditional NFE plus the 2-NFE CFG pair.
@@ -78,7 +80,7 @@ class ISM(DistillationLoss):
         e_s = core.eps(x_s, s, inp.uncond)
         x_t = core.ddim_step(x_s, e_s, s, t)
 
-        e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond)
+        e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond, perp_neg=inp.perp_neg)
         g = cfg.lambda_guidance * core.weight(t, x) * (e_cfg - self.target(x_s, e_s, s, t, inp.uncond))
         loss = cfg.weight * surrogate_loss(x, g)
         return LossOutput(loss, {"t": t.float().mean().item(), "s": s.float().mean().item(),

@@ -1,4 +1,5 @@
-"""NFSD — Noise-Free Score Distillation (Katzir et al., ICLR 2024; LOSSES.md §5).
+"""NFSD — Noise-Free Score Distillation (Katzir, Patashnik, Cohen-Or & Lischinski, "Noise-Free Score Distillation",
+ICLR 2024, arXiv 2310.17590; docs/losses.md).
 
 The unconditional prediction is split as e_0 = δ_D + δ_N (domain + noise). With one t and one eps per sample,
 x_t = a_t·x + s_t·eps:
@@ -8,7 +9,8 @@ x_t = a_t·x + s_t·eps:
     g   = w(t)·(δ_D + s·dC),  dC = e_y − e_0
 
 There is no explicit −eps term. e_neg uses ``negative_prompt`` (the paper's string); when every t of the batch is
-below the switch, the negative branch is not evaluated (2 NFE instead of 3).
+below the switch, the negative branch is not evaluated (2 NFE instead of 3). With Perp-Neg, e_y is its conditional
+prediction (``ScoreCore.eps_guided``), so s·dC gains s·Σ_i w_i·perp(e_neg_i − e_0, dC).
 
 Defaults: s = 7.5 (``guidance_scale``), w = s_t² as in the third-party code ([unverified] for the paper), and the
 DreamFusion range t ∈ U(0.02, 0.98) ([unverified]). Invariant: g − g_CSD(s) = w·δ_D.
@@ -17,7 +19,6 @@ DreamFusion range t ∈ U(0.02, 0.98) ([unverified]). Invariant: g − g_CSD(s) 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
 
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
 from dreamgen.losses.core import LossConfig, surrogate_loss
@@ -42,10 +43,8 @@ class NFSD(DistillationLoss):
         t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
 
         late = t >= cfg.switch_t
-        embs = [inp.cond, inp.uncond]
-        if bool(late.any()):
-            embs.append(core.text_embedding(cfg.negative_prompt, n))
-        e_y, e_0, *e_neg = core.eps_multi(x_t, t, embs)
+        negative = [core.text_embedding(cfg.negative_prompt, n)] if bool(late.any()) else []
+        e_y, e_0, e_neg = core.eps_guided(x_t, t, inp.cond, inp.uncond, inp.perp_neg, extra=negative)
         delta_d = e_0 - late.view(-1, 1, 1, 1) * e_neg[0] if e_neg else e_0
 
         g = core.weight(t, x) * (delta_d + cfg.guidance_scale * (e_y - e_0))

@@ -1,4 +1,5 @@
-"""RewardSDS — reward-weighted score distillation (Chachy et al., 2025; LOSSES.md §17).
+"""RewardSDS — reward-weighted score distillation (Chachy, Yariv & Benaim, "RewardSDS: Aligning Score Distillation
+via Reward-Weighted Sampling", arXiv 2503.09601, 2025; docs/losses.md).
 
 Update rule, one t per sample and N noises eps^1..eps^N per sample:
 
@@ -87,8 +88,9 @@ class RewardSDS(DistillationLoss):
             return v.repeat(n, *([1] * (v.dim() - 1)))
 
         t_n, cond_n, uncond_n = t.repeat(n), rep(inp.cond), rep(inp.uncond)
+        perp_neg_n = None if inp.perp_neg is None else inp.perp_neg.repeat(n)
         x_t = core.add_noise(rep(x.detach()), eps.flatten(0, 1), t_n)
-        e_cfg, _, _ = core.eps_cfg(x_t, t_n, cond_n, uncond_n)
+        e_cfg, _, _ = core.eps_cfg(x_t, t_n, cond_n, uncond_n, perp_neg=perp_neg_n)
         g_n = (core.weight(t_n, x_t) * (e_cfg - eps.flatten(0, 1))).reshape(n, *x.shape)
         logs = {"t": t.float().mean().item()}
 
@@ -96,7 +98,7 @@ class RewardSDS(DistillationLoss):
             g = g_n[0]
         else:
             x0 = core.ddim_cfg_sample(x_t, t_n, None, cond_n, uncond_n, self.cfg.path_steps,
-                                      self.cfg.path_guidance_scale)
+                                      self.cfg.path_guidance_scale, perp_neg_n)
             r = self.reward(RewardInput(self.guidance.decode(x0), x0, cond_n, uncond_n, self.guidance))
             r = r.detach().reshape(n, b).to(x)
             c = self.coefficients(r)

@@ -1,4 +1,5 @@
-"""RSD — Repulsive Score Distillation (Zilberstein et al., 2024; LOSSES.md §14).
+"""RSD — Repulsive Score Distillation (Zilberstein, Mardani & Segarra, "Repulsive Latent Score Distillation for
+Solving Inverse Problems", ICLR 2025, arXiv 2406.16683; docs/losses.md).
 
 N particles (``LossInput.n_particles``; x is particle-major, B/N rows per particle) share t and draw their own
 eps^i. With features f_i = f(x_t^i) and J_i = ∂f_i/∂x_t^i, the update of particle i is SDS plus an SVGD-style
@@ -74,7 +75,7 @@ class RSD(DistillationLoss):
         t = core.sample_t(b // n, inp.step, inp.total_steps).repeat(n)  # one t per view, shared by the particles
         eps = torch.randn_like(x)
         x_t = core.add_noise(x.detach(), eps, t)
-        e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond)
+        e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond, perp_neg=inp.perp_neg)
         _, s_t = core.alpha_sigma(t, x)
         rep = self.repulsion(x_t, n) if self.cfg.gamma else torch.zeros_like(x)
         g = core.weight(t, x) * (e_cfg - eps - self.cfg.gamma * s_t * rep)

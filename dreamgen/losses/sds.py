@@ -1,11 +1,14 @@
-"""SDS — Score Distillation Sampling (DreamFusion, Poole et al. 2022; LOSSES.md §1).
+"""SDS — Score Distillation Sampling (Poole, Jain, Barron & Mildenhall, "DreamFusion: Text-to-3D using 2D
+Diffusion", ICLR 2023, arXiv 2209.14988; docs/losses.md).
 
 Update rule, one t ~ U{t_min..t_max} and one eps ~ N(0, I) per sample:
 
     x_t = a_t·x + s_t·eps
-    g   = w(t)·(E_ω(x_t; y) − eps),        E_ω = e_0 + ω·(e_y − e_0)
+    g   = w(t)·(E_ω(x_t; y) − eps),        E_ω = e_0 + ω·(e_y − e_0)   (with Perp-Neg's term when the batch has it)
 
 The frozen denoiser is never backpropagated; ``surrogate_loss`` makes ∂loss/∂x = g/B.
+Invariants (tests/test_loss_sds.py): a point-mass denoiser at x gives g ≡ 0; under the exact score of a Gaussian
+the mean of g over x ~ p and eps is 0; g is affine in ω with shared (t, eps).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ class SDS(DistillationLoss):
         """Returns (g [B,C,h,w], t [B])."""
         x, core = inp.x, self.core
         t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
-        e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond)
+        e_cfg, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond, perp_neg=inp.perp_neg)
         return core.weight(t, x) * (e_cfg - eps), t
 
     def forward(self, inp: LossInput) -> LossOutput:

@@ -1,5 +1,5 @@
 """SSD — Stable Score Distillation (Tang et al., "Stable Score Distillation for High-Quality 3D Generation",
-arXiv 2312.09305; LOSSES.md §6).
+arXiv 2312.09305, 2023; docs/losses.md).
 
 SDS splits into a mode-seeking term (e_y), a mode-disengaging term (dC = e_y − e_0) and a variance-reducing term
 (−eps). SSD keeps the classifier direction at large t and, at small t, swaps in a control-variate-reduced e_y
@@ -14,6 +14,7 @@ rescaled to the classifier term's norm. One t and one eps per sample, x_t = a_t�
   [B]-against-[B,C,H,W] broadcast are read as their B = 1 meaning, per sample). The paper's r is [unverified].
 - ``threshold_t`` M = 100 follows PGC-3D (``--ssd_M 100``), [unverified] for the paper.
 - ω = 1 and w = s_t² as in PGC-3D (``weight_choice 0``).
+- With Perp-Neg, e_y is its conditional prediction (``ScoreCore.eps_guided``) in both terms.
 
 Invariants: t > M ⇒ g = CSD; t ≤ M ⇒ ‖g‖ = ‖h‖ per sample; with r*, ⟨g, eps⟩ = 0.
 """
@@ -26,7 +27,7 @@ import torch
 
 from dreamgen.errors import ConfigError
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
-from dreamgen.losses.core import LossConfig, surrogate_loss
+from dreamgen.losses.core import LossConfig, bdot, surrogate_loss
 from dreamgen.registry import register
 
 R_MODES = ("least_squares", "pgc")
@@ -52,13 +53,13 @@ class SSD(DistillationLoss):
         x, core, cfg = inp.x, self.core, self.cfg
         n = x.shape[0]
         t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
-        e_y, e_0 = core.eps_multi(x_t, t, [inp.cond, inp.uncond])
+        e_y, e_0, _ = core.eps_guided(x_t, t, inp.cond, inp.uncond, inp.perp_neg)
 
         h = cfg.guidance_scale * core.weight(t, x) * (e_y - e_0)
-        eps_sq = core.bdot(eps, eps)
-        r = core.bdot(e_y, eps) / (eps_sq if cfg.r_mode == "least_squares" else eps_sq.sqrt())
+        eps_sq = bdot(eps, eps)
+        r = bdot(e_y, eps) / (eps_sq if cfg.r_mode == "least_squares" else eps_sq.sqrt())
         e_tilde = e_y - r * eps
-        stable = (core.bdot(h, h) / core.bdot(e_tilde, e_tilde)).sqrt() * e_tilde
+        stable = (bdot(h, h) / bdot(e_tilde, e_tilde)).sqrt() * e_tilde
         g = torch.where((t <= cfg.threshold_t).view(-1, 1, 1, 1), stable, h)
 
         loss = cfg.weight * surrogate_loss(x, g)

@@ -1,13 +1,15 @@
-"""TSM — Trajectory Score Matching (Dreamer XL, Miao et al., 2024; LOSSES.md §18).
+"""TSM — Trajectory Score Matching (Miao, Duan, Ojha, Song, Shah, Long & Ranjan, "Dreamer XL: Towards
+High-Resolution Text-to-3D Generation via Trajectory Score Matching", arXiv 2405.11252, 2024; docs/losses.md).
 
-ISM (§7, :mod:`dreamgen.losses.ism`) with the target moved along the inverted trajectory between s and t:
+ISM (:mod:`dreamgen.losses.ism`) with the target moved along the inverted trajectory between s and t:
 
     μ   = round(s + (t − s)·√(1 − γ²))
     x_μ = DDIM-step(x_s: s → μ)        with e_0(x_s, s), the same unconditional step that gives x_t
     g   = λ_g·sv_t·(E_ω(x_t, t, y) − e_0(x_μ, μ))
 
-γ = 0.3 (reference ``arguments``). γ = 1 gives μ = s, i.e. ISM exactly (no extra NFE); γ = 0 gives μ = t, x_μ = x_t,
-i.e. the CSD form λ_g·sv_t·ω·dC at x_t. Everything else, defaults included, is ISM's.
+Defaults of the reference ``arguments/__init__.py``: γ = 0.3 and λ_g = ``lambda_guidance`` = 1.0 (ISM's is 0.1);
+everything else is ISM's. γ = 1 gives μ = s, i.e. ISM exactly (no extra NFE); γ = 0 gives μ = t, x_μ = x_t, i.e. the
+CSD form λ_g·sv_t·ω·dC at x_t.
 Cost: ISM + 1 unconditional NFE.
 """
 
@@ -27,6 +29,7 @@ from dreamgen.registry import register
 class TSMConfig(ISMConfig):
     name: str = "tsm"
     gamma: float = 0.3  # γ: where μ sits between s (γ = 1) and t (γ = 0)
+    lambda_guidance: float = 1.0  # λ_g (Dreamer XL's; ISM's is 0.1)
 
 
 @register("loss", "tsm", config=TSMConfig,

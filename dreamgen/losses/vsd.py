@@ -1,4 +1,5 @@
-"""VSD — Variational Score Distillation (ProlificDreamer, Wang et al. 2023; LOSSES.md §2).
+"""VSD — Variational Score Distillation (Wang, Lu, Wang, Bao, Li, Su & Zhu, "ProlificDreamer: High-Fidelity and
+Diverse Text-to-3D Generation with Variational Score Distillation", NeurIPS 2023, arXiv 2305.16213; docs/losses.md).
 
 The render is a particle of a distribution q whose score ε_ψ is learnt alongside it (a LoRA copy of the denoiser
 with a camera embedding, ``particle_score.ParticleScore``). Each call does two things.
@@ -11,7 +12,7 @@ Generator, one t ~ U{t_min..t_max} and one eps ~ N(0, I) per sample:
 
 The pretrained model gets the view-dependent prompt y_vd (``inp.cond``), ε_ψ the view-independent prompt y
 (``inp.prompts.cond_plain``; ``inp.cond`` when there is no prompt set). s_L = ``lora_guidance_scale`` = 1 uses the
-camera-conditioned score.
+camera-conditioned score. With Perp-Neg in the batch, E_ω^pre is Perp-Neg's (``ScoreCore.eps_guided``).
 
 Particle-score step, on x' = sg(x) so that nothing flows back to x, repeated ``lora_steps_per_iter`` times:
 
@@ -68,7 +69,7 @@ class VSD(DistillationLoss):
         y = inp.prompts.cond_plain(b) if inp.prompts is not None else inp.cond
 
         t, eps, x_t = core.perturb(x, inp.step, inp.total_steps)
-        e_pre, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond)
+        e_pre, _, _ = core.eps_cfg(x_t, t, inp.cond, inp.uncond, perp_neg=inp.perp_neg)
         e_cam, e_free = score.eps_camera_pair(x_t, t, y, inp.camera)
         e_psi = e_free + self.lora_scale * (e_cam - e_free)
         g = core.weight(t, x) * (e_pre - e_psi)

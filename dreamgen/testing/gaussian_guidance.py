@@ -1,8 +1,8 @@
 """A guidance whose denoiser is exact: the data for prompt y is N(μ_y, σ²I) in its own space.
 
 For x0 ~ N(μ, σ²I) and x_t = a·x0 + s·eps, the optimal ε-prediction is ε̂ = s·(x_t − a·μ)/(a²σ² + s²); σ = 0 gives
-the point-mass denoiser ε̂ = (x_t − a·μ)/s of LOSSES.md §1 (4a). The "text embedding" of a prompt is μ_y itself,
-flattened, so losses can be tested against closed forms.
+the point-mass denoiser ε̂ = (x_t − a·μ)/s (under which SDS vanishes, see tests/test_loss_sds.py). The "text
+embedding" of a prompt is μ_y itself, flattened, so losses can be tested against closed forms.
 """
 
 from __future__ import annotations
