@@ -38,6 +38,13 @@ class PromptConfig:
     perp_neg_f_sb: list[float] = field(default_factory=lambda: [1.0, 0.5, -0.606])
     perp_neg_f_fsb: list[float] = field(default_factory=lambda: [1.0, 0.5, 0.967])
 
+    def check(self, key: str) -> None:
+        if self.perp_neg and not self.view_dependent:
+            raise ConfigError(f"{key}.perp_neg=true needs view-dependent prompts: set {key}.view_dependent=true")
+        for name in ("perp_neg_f_fs", "perp_neg_f_sf", "perp_neg_f_sb", "perp_neg_f_fsb"):
+            if len(getattr(self, name)) != 3:
+                raise ConfigError(f"{key}.{name}={list(getattr(self, name))}: needs three numbers (a, b, c)")
+
 
 @dataclass
 class PerpNeg:

@@ -35,7 +35,7 @@ from dreamgen.interrupts import InterruptPolicy, signal_name
 from dreamgen.losses.base import LossInput
 from dreamgen.losses.core import scheduled
 from dreamgen.progress import Progress
-from dreamgen.prompts import PromptSet
+from dreamgen.prompts import PerpNeg, PromptSet
 from dreamgen.runs import MetricsLog, image_grid, save_png, timed
 from dreamgen.scene import Scene
 from dreamgen.schema import bounded
@@ -235,7 +235,7 @@ class Trainer:
         x, times["encode"] = timed(lambda: self.guidance.encode_images(rgb), sync)
         inp = self._loss_input(x, rgb, outs, cams)
         if self.source is not None:
-            inp.source_x, inp.source_cond = self._source_input(cams, draws)
+            inp.source_x, inp.source_cond, inp.source_perp_neg = self._source_input(cams, draws)
         loss_out, times["loss"] = timed(lambda: self.loss(inp), sync)
         reg = self._regularisers(outs, step)
         total = loss_out.loss + sum(reg.values())
@@ -259,18 +259,28 @@ class Trainer:
 
     def _loss_input(self, x, rgb, outs, cams: Cameras) -> LossInput:
         P, B = len(self.particles), len(cams)
-        view_idx = cams.view_idx.repeat(P)
-        g = self.guidance  # a camera-aware guidance writes each render's camera into both conditions
+        cond, perp_neg = self._conditions(self.prompts, cams, P)
         return LossInput(
-            x=x, cond=g.condition(self.prompts.cond(view_idx), cams),
-            uncond=g.condition(self.prompts.uncond_batch(P * B), cams), step=self.step,
+            x=x, cond=cond, uncond=self.guidance.condition(self.prompts.uncond_batch(P * B), cams), step=self.step,
             total_steps=self.total_steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
             opacity=torch.cat([o["opacity"] for o in outs]),
             points=torch.cat([o["points"] for o in outs]).detach(), n_particles=P,
-            t_bounds=self.scene.stage.t_bounds())
+            t_bounds=self.scene.stage.t_bounds(), perp_neg=perp_neg)
+
+    def _conditions(self, prompts: PromptSet, cams: Cameras, P: int) -> tuple[torch.Tensor, PerpNeg | None]:
+        """The conditional rows [P·B,...] of the renders (view-dependent, or Perp-Neg's azimuth-interpolated prompt
+        with its negatives), each with its camera when the guidance is camera-aware."""
+        g = self.guidance
+        view_idx = cams.view_idx.repeat(P)
+        if not self.cfg.prompts.perp_neg:
+            return g.condition(prompts.cond(view_idx), cams), None
+        pn = prompts.perp_neg(cams.azimuth.repeat(P), view_idx)
+        negatives = torch.stack([g.condition(pn.negatives[:, k], cams) for k in range(pn.negatives.shape[1])], 1)
+        pn = PerpNeg(g.condition(pn.cond, cams), negatives, pn.weights)
+        return pn.cond, pn
 
     @torch.no_grad()
-    def _source_input(self, cams: Cameras, draws) -> tuple[torch.Tensor, torch.Tensor]:
+    def _source_input(self, cams: Cameras, draws) -> tuple[torch.Tensor, torch.Tensor, PerpNeg | None]:
         """The frozen source rendered with the same random draws as this step's render."""
         scene, prompts = self.source
         after = self.random.snapshot()
@@ -279,8 +289,8 @@ class Trainer:
             rgb = scene.renderers[0](cams, shading="random", train=True)["rgb"].float()
         self.random.restore(after)
         P = len(self.particles)
-        cond = self.guidance.condition(prompts.cond(cams.view_idx.repeat(P)), cams)
-        return self.guidance.encode_images(rgb).repeat(P, 1, 1, 1), cond
+        cond, perp_neg = self._conditions(prompts, cams, P)
+        return self.guidance.encode_images(rgb).repeat(P, 1, 1, 1), cond, perp_neg
 
     def _regularisers(self, outs: list[dict], step: int) -> dict[str, torch.Tensor]:
         tc, fine = self.cfg.trainer, self.cfg.fine
