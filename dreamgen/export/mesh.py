@@ -1,5 +1,6 @@
 """The exported surface of a geometry: a surface field's own mesh or a density field's isosurface, decimated to a
-face budget, with vertex colours (``extract_mesh``) or as input to texture baking (``texture.py``)."""
+face budget, with vertex colours (``extract_mesh``) or as input to texture baking (``texture.py``). Surfaces here are
+in dreamgen's world frame; ``asset.py`` turns them into the file's."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 import trimesh
 
 from dreamgen.errors import ConfigError, DreamgenError
+from dreamgen.export.asset import ORIGINS
 from dreamgen.geometry.base import DensityField, SurfaceField, field_device
 from dreamgen.geometry.isosurface import (THRESHOLD_RULES, auto_threshold, chunks, density_grid, isosurface,
                                           query)
@@ -31,6 +33,9 @@ class ExportConfig:
     largest_component: bool = True  # drop floaters: keep the connected piece with the most faces
     chunk: int = 65536  # points per density/albedo query
     max_faces: int = 50_000  # decimate (quadric edge collapse) to at most this many faces; 0 = keep every face
+    # Where the file's origin is: bottom = the bounding box's bottom centre (the asset rests on y = 0) | center.
+    origin: str = "bottom"
+    crease_angle: float = 60.0  # degrees: normals stay smooth across edges whose faces meet at less than this
     # True: UV-unwrap and bake the albedo into a texture (glb: PBR baseColorTexture; obj: .mtl + .png beside it);
     # False: per-vertex colours.
     texture: bool = True
@@ -51,6 +56,10 @@ class ExportConfig:
             )
         if self.resolution < 8:
             raise ConfigError(f"export.resolution={self.resolution}: must be at least 8")
+        if self.origin not in ORIGINS:
+            raise ConfigError(f"export.origin={self.origin!r}: must be one of {', '.join(ORIGINS)}")
+        if not (math.isfinite(self.crease_angle) and 0.0 <= self.crease_angle <= 180.0):
+            raise ConfigError(f"export.crease_angle={self.crease_angle}: must lie in [0, 180] degrees")
         if self.chunk < 1:
             raise ConfigError(f"export.chunk={self.chunk}: must be positive")
         if not 0.0 < self.floor_ratio < 1.0:
