@@ -17,6 +17,7 @@ import typer
 
 from dreamgen.batch.cli import batch
 from dreamgen.errors import DreamgenError
+from dreamgen.gallery import view
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Text-to-3D by score distillation.")
@@ -248,6 +249,7 @@ def lab2d(
 
 
 app.command()(batch)
+app.command()(view)
 
 
 def main() -> None:
