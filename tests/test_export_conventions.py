@@ -104,8 +104,11 @@ def test_asset_extras_carry_metadata(tmp_path: Path):
     assert extras["dreamgen_version"]
 
 
-@pytest.mark.parametrize("key, value", [("origin", "top"), ("crease_angle", -1.0), ("crease_angle", 200.0)])
-def test_config_rejects_bad_convention_values(key, value):
+@pytest.mark.parametrize("key, value", [("origin", "top"), ("crease_angle", -1.0), ("crease_angle", 200.0),
+                                        ("opening_radius", float("nan")), ("closing_radius", -2.0),
+                                        ("smooth_iterations", -1),
+                                        ("max_hole_edges", -5)])
+def test_config_rejects_bad_convention_and_cleanup_values(key, value):
     with pytest.raises(ConfigError, match=rf"export\.{key}="):
         ExportConfig(**{key: value})
 

@@ -29,7 +29,8 @@ GLTF_FROM_WORLD = np.array([[0.0, 1.0, 0.0], [0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
 
 # glTF enums (the specification's WebGL constants).
 _ARRAY_BUFFER, _ELEMENT_ARRAY_BUFFER = 34962, 34963
-_SAMPLER = {"magFilter": 9729, "minFilter": 9987, "wrapS": 10497, "wrapT": 10497}  # LINEAR, LINEAR_MIPMAP_LINEAR, REPEAT
+# magFilter LINEAR, minFilter LINEAR_MIPMAP_LINEAR (trilinear), wrapS/wrapT REPEAT.
+_SAMPLER = {"magFilter": 9729, "minFilter": 9987, "wrapS": 10497, "wrapT": 10497}
 
 
 def to_gltf_frame(mesh: trimesh.Trimesh, origin: str = "bottom") -> trimesh.Trimesh:
