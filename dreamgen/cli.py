@@ -19,6 +19,7 @@ import typer
 from dreamgen.batch.cli import batch
 from dreamgen.config import job_flags
 from dreamgen.errors import DreamgenError
+from dreamgen.gallery import view
 from dreamgen.interrupts import InterruptPolicy
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -115,14 +116,14 @@ def export(
 ) -> None:
     """Extract the mesh of a run's last checkpoint again (e.g. as OBJ, or with other export.* settings)."""
     from dreamgen.export import export_mesh
-    from dreamgen.session import load_scene
+    from dreamgen.session import asset_metadata, load_scene
 
     bad = [f for f in format if f not in ("glb", "obj")]
     if bad:
         raise DreamgenError(f"unknown format {bad[0]!r}; valid formats: glb, obj")
     cfg, scene, step = load_scene(run_dir)
     cfg.export.formats = list(format)
-    paths = export_mesh(scene.particles[0], cfg.export, run_dir)
+    paths = export_mesh(scene.particles[0], cfg.export, run_dir, metadata=asset_metadata(run_dir))
     log.info("exported step %d: %s", step, ", ".join(str(p) for p in paths.values()))
 
 
@@ -228,6 +229,7 @@ def lab2d(
 
 
 app.command()(batch)
+app.command()(view)
 
 
 def main() -> None:

@@ -162,3 +162,30 @@ def timed(fn: Callable[[], Any], sync: bool) -> tuple[Any, float]:
     if sync:
         torch.cuda.synchronize()
     return out, time.perf_counter() - t0
+
+
+EVAL_METRICS = ("silhouette_iou", "volumetric_iou", "colour_error", "janus", "rank1")
+
+
+def run_summary(run_dir: Path) -> dict[str, Any]:
+    """What a run folder records about its run, for galleries and asset metadata: ``prompt``, ``loss`` (name),
+    ``seed``, ``step`` / ``steps``, ``final_loss``, ``seconds`` (the logged step timings, summed) and ``eval`` (the
+    main metrics of ``eval.json``, after ``dreamgen eval``). What the folder lacks is None."""
+    import yaml
+
+    run_dir = Path(run_dir)
+    cfg_path, metrics_path, eval_path = run_dir / "config.yaml", run_dir / "metrics.jsonl", run_dir / "eval.json"
+    cfg = (yaml.safe_load(cfg_path.read_text()) or {}) if cfg_path.exists() else {}
+    records = MetricsLog(metrics_path).read()
+    evaluated = json.loads(eval_path.read_text()) if eval_path.exists() else None
+    last = records[-1] if records else {}
+    return {
+        "prompt": cfg.get("prompt"),
+        "loss": (cfg.get("loss") or {}).get("name"),
+        "seed": cfg.get("seed"),
+        "step": last.get("step"),
+        "steps": (cfg.get("trainer") or {}).get("steps"),
+        "final_loss": last.get("loss"),
+        "seconds": sum(v for r in records for k, v in r.items() if k.startswith("time_")) if records else None,
+        "eval": {k: evaluated.get(k) for k in EVAL_METRICS} if evaluated is not None else None,
+    }

@@ -172,7 +172,7 @@ class Session:
         export_cfg = self.cfg.export
         if formats:
             export_cfg.formats = list(formats)
-        return export_mesh(self.trainer.geometry, export_cfg, self.run_dir)
+        return export_mesh(self.trainer.geometry, export_cfg, self.run_dir, metadata=asset_metadata(self.run_dir))
 
     def run(self, interrupts: InterruptPolicy | None = None) -> dict[str, Any]:
         """Fit, then export; returns the written paths and the timings. An interrupt during export abandons it
@@ -186,6 +186,14 @@ class Session:
             raise Interrupted(f"interrupted by {signal_name(signum)} while exporting; training is complete: "
                               f"{self.resume_command} exports again", signum) from None
         return {"paths": paths, "seconds": time.perf_counter() - self.started, "fit_seconds": t_fit}
+
+
+def asset_metadata(run_dir: Path) -> dict[str, Any]:
+    """What an exported asset records of its run (``asset.extras``): everything but wall-clock time, so that a run
+    and its resumed twin write the same bytes."""
+    from dreamgen.runs import run_summary
+
+    return {k: v for k, v in run_summary(run_dir).items() if k != "seconds"}
 
 
 def _build_guidance(cfg: RunConfig):

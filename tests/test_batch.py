@@ -208,6 +208,8 @@ def test_poisoned_item_fails_alone_rerun_skips_retry_reruns(monkeypatch, capsys,
     assert "3 done, 1 failed" in summary and summary.count("\n| ") == 5  # header + 4 items
     from PIL import Image
     assert Image.open(out / "contact_sheet.png").height == 3 * 96
+    gallery = (out / "index.html").read_text()  # a viewer per mesh; the failed item's card says why
+    assert gallery.count("<model-viewer ") == 3 and "unknown loss &#x27;nope&#x27;" in gallery
 
     manifest_before = (out / "manifest.json").read_bytes()
     mesh_mtime = (out / "a-red-cube" / "mesh.glb").stat().st_mtime_ns

@@ -217,8 +217,8 @@ def test_write_turntable_from_vertex_coloured_obj(tmp_path: Path):
 
 
 def test_open_surface_is_drawn_from_both_sides():
-    # A single square in the plane x = 0: no back-face culling for open surfaces, so the orbit sees it from +x and -x.
-    quad = trimesh.Trimesh([[0, -1, -1], [0, 1, -1], [0, 1, 1], [0, -1, 1]], [[0, 1, 2], [0, 2, 3]], process=False)
+    # A single square in the plane z = 0: no back-face culling for open surfaces, so the orbit sees it from +z and -z.
+    quad = trimesh.Trimesh([[-1, -1, 0], [1, -1, 0], [1, 1, 0], [-1, 1, 0]], [[0, 1, 2], [0, 2, 3]], process=False)
     quad.visual.vertex_colors = [200, 30, 30, 255]
     front, back = render_views(quad, [0.0, 180.0], elevation=0.0, resolution=32)
     assert (front != 255).any(-1).mean() > 0.3

@@ -21,8 +21,8 @@ def batch(
     overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides for every item (an item's own "
                                                                "settings win), e.g. trainer.steps=500"),
     out: Optional[Path] = typer.Option(None, "--out", help="Batch folder: manifest.json, summary.md, "
-                                                           "contact_sheet.png and one run folder per item "
-                                                           "(default outputs/<file stem>)."),
+                                                           "contact_sheet.png, index.html (the gallery) and one "
+                                                           "run folder per item (default outputs/<file stem>)."),
     config: Optional[str] = typer.Option(None, "--config", help="Config file or preset for items without their "
                                                                 "own 'config'."),
     loss: Optional[str] = typer.Option(None, "--loss", help="Distillation loss of items without their own 'loss'."),
@@ -57,6 +57,7 @@ def batch(
     from dreamgen.batch.report import write_contact_sheet, write_summary
     from dreamgen.batch.runner import make_job, plan
     from dreamgen.config import job_flags
+    from dreamgen.gallery import write_gallery
 
     t0 = time.perf_counter()
     overrides = list(overrides or [])
@@ -100,11 +101,12 @@ def batch(
     names = [it.name for it in items]
     summary = write_summary(manifest, names)
     sheet = write_contact_sheet(manifest, names)
+    gallery = write_gallery(out_dir)
     counts = manifest.counts(names)
     if counts["failed"]:
         raise DreamgenError(f"{counts['done']} done, {counts['failed']} failed: see {manifest.path}")
     typer.echo(f"{counts['done']} done in {time.perf_counter() - t0:.1f} s: {summary}"
-               + (f", {sheet}" if sheet else ""))
+               + (f", {sheet}" if sheet else "") + f", {gallery} (dreamgen view {out_dir} --serve)")
 
 
 def _devices(devices: Optional[str]) -> list[int]:
