@@ -229,6 +229,48 @@ def lab2d(
 
 
 app.command()(batch)
+
+
+@app.command()
+def league(
+    ctx: typer.Context,
+    grid: str = typer.Argument("quick", help="A grid name (quick, full, janus, ...: dreamgen/configs/league/) or a "
+                                             "YAML file of prompts, seeds, methods, overrides."),
+    overrides: Optional[list[str]] = typer.Argument(None, help="key=value overrides for every run."),
+    out: Optional[Path] = typer.Option(None, "--out", help="League folder (default outputs/league-<grid>)."),
+    doc: Optional[Path] = typer.Option(None, "--doc", help="Also write the table here (e.g. docs/league.md), with "
+                                                           "its contact sheet beside it."),
+    executor: str = typer.Option("local", "--executor", help="local | ray (one worker per CPU core; with a GPU, "
+                                                             "e.g. --num-gpus 0.0625 shares it 16 ways)"),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address"),
+    num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="ray: GPUs per run"),
+) -> None:
+    """Run a grid of methods × world prompts × seeds, score every run against the exact objects, rank the methods
+    (league.md, league.json, contact_sheet.png). Resumable: a rerun skips finished runs."""
+    import shlex
+    import shutil
+
+    from dreamgen.batch.run import BatchOptions, run_batch
+    from dreamgen.evaluation.league import load_grid, write_league
+
+    spec = load_grid(grid)
+    out_dir = out or Path("outputs") / f"league-{spec.name}"
+    opts = BatchOptions(overrides=list(overrides or []), executor=executor, ray_address=ray_address,
+                        num_gpus=num_gpus, evaluate=True, resume_command=shlex.join(["dreamgen", *sys.argv[1:]]))
+    done = run_batch(spec.items(), f"league grid {spec.name}", out_dir, opts, ctx.obj)
+    result = write_league(spec, out_dir, done["manifest"])
+    if doc is not None:
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        text = result["markdown"].read_text()
+        if result["sheet"] is not None:
+            sheet = doc.with_name(f"{doc.stem}_contact_sheet.png")
+            shutil.copyfile(result["sheet"], sheet)
+            text = text.replace(f"]({result['sheet'].name})", f"]({sheet.name})")
+        doc.write_text(text)
+    for row in result["rows"]:
+        typer.echo(f"{row['method']:<16} sil. IoU {row['silhouette_iou'] or 0:.3f}  vol. IoU "
+                   f"{row['volumetric_iou'] or 0:.3f}  rank-1 {row['rank1']}/{row['done']}")
+    typer.echo(f"{result['markdown']}" + (f", {doc}" if doc else ""))
 app.command()(view)
 
 

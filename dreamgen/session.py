@@ -90,10 +90,7 @@ class Session:
         t0 = time.perf_counter()
         if not cfg.prompt.strip():
             raise DreamgenError("the prompt is empty; give a text such as \"a red cube\"")
-        trainer = Trainer(cfg, guidance if guidance is not None else _build_guidance(cfg))
-        if cfg.source_run:
-            src_cfg, src_scene, _ = load_scene(Path(cfg.source_run), trainer.device)
-            trainer.set_source(src_scene, src_cfg.prompt)
+        trainer = _trainer(cfg, guidance)
         if run_dir is None:
             run_dir = new_run_dir(cfg.out_dir, cfg.prompt)
         else:
@@ -114,7 +111,7 @@ class Session:
             raise DreamgenError(f"{fixed[0]} cannot change when resuming: the checkpoint belongs to the run's "
                                 f"{fixed[0].split('.')[0]}; start a new run instead")
         cfg = load_run_config(run_dir / "config.yaml", overrides, **{"trainer.steps": steps})
-        trainer = Trainer(cfg, guidance if guidance is not None else _build_guidance(cfg))
+        trainer = _trainer(cfg, guidance)
         trainer.attach(run_dir)
         step = trainer.load_checkpoint()
         log.info("resuming %s at step %d/%d", run_dir, step, trainer.total_steps)
@@ -133,7 +130,7 @@ class Session:
         if overrides:
             layers.append(Layer("override", parse_dotlist(overrides)))
         cfg = compose_layers(layers).cfg
-        trainer = Trainer(cfg, _build_guidance(cfg))
+        trainer = _trainer(cfg)
         trainer.adopt(src_scene, src_step)
         log.info("fine stage of %s", coarse_run)
         return cls._start(trainer, new_run_dir(cfg.out_dir, cfg.prompt), t0)
@@ -186,6 +183,15 @@ class Session:
             raise Interrupted(f"interrupted by {signal_name(signum)} while exporting; training is complete: "
                               f"{self.resume_command} exports again", signum) from None
         return {"paths": paths, "seconds": time.perf_counter() - self.started, "fit_seconds": t_fit}
+
+
+def _trainer(cfg: RunConfig, guidance=None) -> Trainer:
+    """The run's trainer, with its guidance (built, or the one given) and, for an edit, its source scene."""
+    trainer = Trainer(cfg, guidance if guidance is not None else _build_guidance(cfg))
+    if cfg.source_run:
+        src_cfg, src_scene, _ = load_scene(Path(cfg.source_run), trainer.device)
+        trainer.set_source(src_scene, src_cfg.prompt)
+    return trainer
 
 
 def asset_metadata(run_dir: Path) -> dict[str, Any]:

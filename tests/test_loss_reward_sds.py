@@ -29,6 +29,12 @@ def _sds_per_noise(guidance, inp, seed, n):
     return torch.stack(out)
 
 
+@pytest.fixture(autouse=True)
+def allow_fixture_plugins(monkeypatch):
+    """These tests name plug-ins from tests/loss_fixtures.py in loss configs: allow that module (as a user would)."""
+    monkeypatch.setenv("DREAMGEN_ALLOW_IMPORTS", "loss_fixtures")
+
+
 def test_defaults():
     cfg = RewardSDSConfig()
     assert registry.lookup("loss", "reward-sds").cls is RewardSDS
@@ -85,9 +91,10 @@ def test_min_max_needs_enough_noises_and_rewards_resolve_by_name_or_path(monkeyp
         RewardSDS(RewardSDSConfig(n_noises=3), guidance)
     with pytest.raises(ConfigError, match="unknown reward"):
         get_reward("imagereward")
-    with pytest.raises(ConfigError, match="DREAMGEN_ALLOW_IMPORTS=distill_helpers dreamgen"):
-        get_reward("distill_helpers:constant_reward")  # code named by a config is not imported by default
-    monkeypatch.setenv("DREAMGEN_ALLOW_IMPORTS", "no_such_module,distill_helpers")
+    monkeypatch.delenv("DREAMGEN_ALLOW_IMPORTS")
+    with pytest.raises(ConfigError, match="DREAMGEN_ALLOW_IMPORTS=loss_fixtures dreamgen"):
+        get_reward("loss_fixtures:constant_reward")  # code named by a config is not imported by default
+    monkeypatch.setenv("DREAMGEN_ALLOW_IMPORTS", "no_such_module,loss_fixtures")
     with pytest.raises(ConfigError, match="cannot import"):
         get_reward("no_such_module:fn")
     assert get_reward("loss_fixtures:constant_reward") is loss_fixtures.constant_reward

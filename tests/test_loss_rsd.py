@@ -22,6 +22,12 @@ def _replay(guidance, inp, seed, n, lo, hi):
     return x_t, s, sds
 
 
+@pytest.fixture(autouse=True)
+def allow_fixture_plugins(monkeypatch):
+    """These tests name plug-ins from tests/loss_fixtures.py in loss configs: allow that module (as a user would)."""
+    monkeypatch.setenv("DREAMGEN_ALLOW_IMPORTS", "loss_fixtures")
+
+
 def test_gamma_zero_is_sds_and_latent_features_match_closed_form():
     guidance = gaussian_guidance(sigma=0.5)
     inp = loss_input(guidance, b=6, n_particles=3)  # 3 particles × 2 views

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dreamgen.testing import SMALL_RUN
 from dreamgen import registry
 from dreamgen.config import load_config
-from dreamgen.train import Trainer
+from dreamgen.session import Session
+from dreamgen.testing import SMALL_RUN
 
 TINY = [*SMALL_RUN, "renderer.num_samples=8", "trainer.preview_every=0", "trainer.progress=false",
         "trainer.checkpoint_every=3", "trainer.steps=3"]
@@ -24,7 +24,7 @@ def _trainer(tiny_sd_path, run_dir, loss, extra=()):
     cfg = load_config(None, [*TINY, *EXTRA.get(loss, []), *extra], prompt="a hamburger", seed=0,
                       **{"guidance.name": "stable-diffusion", "guidance.pretrained": str(tiny_sd_path),
                          "loss.name": loss})
-    return Trainer(cfg, run_dir=run_dir)
+    return Session.new(cfg, run_dir=run_dir).trainer
 
 
 @pytest.fixture(scope="module")
@@ -43,8 +43,7 @@ def test_loss_runs_checkpoints_and_resumes(loss, tiny_sd_path, tmp_path, source_
     after = torch.cat([p.detach().flatten() for p in tr.scene.parameters()])
     assert torch.isfinite(after).all() and not torch.equal(before, after)
 
-    resumed = _trainer(tiny_sd_path, tmp_path, loss, [*extra, "trainer.steps=4"])
-    resumed.load_checkpoint()
+    resumed = Session.resume(tmp_path, steps=4).trainer
     assert resumed.step == 3
     for a, b in zip(resumed.loss.state_dict().values(), tr.loss.state_dict().values()):
         assert torch.equal(a, b)

@@ -171,7 +171,7 @@ def test_presets_of_dsd_and_asd_turn_it_on_as_their_reference_configs():
     for preset, loss in (("dsd", "dsd"), ("asd", "asd")):
         cfg = load_config(preset, [], prompt="a corgi")
         assert cfg.prompts.perp_neg and cfg.loss.name == loss and cfg.loss.guidance_scale == 7.5
-    assert not load_config(None, [], prompt="a corgi").prompts.perp_neg
+    assert not load_config(None, [], prompt="a red cube").prompts.perp_neg
 
 
 def _independent_cfg(guidance, x_t, t, pn: PerpNeg, uncond, scale):

@@ -51,21 +51,14 @@ def batch(
     Exits non-zero if any item failed. --loss, --guidance, --config, --steps and --seed mean what they mean for
     `dreamgen run`; an item's own fields win over them.
     """
-    from dreamgen.batch.executors import run_local, run_ray
     from dreamgen.batch.inputs import BatchInputError, read_batch_file
-    from dreamgen.batch.manifest import Manifest
-    from dreamgen.batch.report import write_contact_sheet, write_summary
-    from dreamgen.batch.runner import make_job, plan
+    from dreamgen.batch.run import BatchOptions, run_batch
     from dreamgen.config import job_flags
-    from dreamgen.gallery import write_gallery
 
     t0 = time.perf_counter()
-    overrides = list(overrides or [])
-    if executor not in ("local", "ray"):
-        raise DreamgenError(f"unknown executor {executor!r}; valid executors: local, ray")
-    if executor == "ray" and devices:
-        raise DreamgenError("--devices is for the local executor; with --executor ray use --num-gpus")
-    device_list = _devices(devices)
+    opts = BatchOptions(config=config, overrides=list(overrides or []), flags=job_flags(loss, guidance, steps, seed),
+                        executor=executor, devices=_devices(devices), ray_address=ray_address, num_gpus=num_gpus,
+                        retry_failed=retry_failed, resume_command=_command_line())
     try:
         items = read_batch_file(file)
     except BatchInputError as e:
@@ -73,40 +66,16 @@ def batch(
             typer.echo(p, err=True)
         raise
     out_dir = Path(out) if out is not None else Path("outputs") / file.stem
-    cfg_file = config
-    flags = job_flags(loss, guidance, steps, seed)
-    resume_command = _command_line()
-
     if check:
-        _check(file, items, out_dir, cfg_file, overrides, flags, retry_failed)
+        _check(file, items, out_dir, opts)
         return
-
-    manifest = Manifest.open(out_dir, items, str(file.resolve()), overrides)
-    actions = plan(items, manifest, retry_failed)
-    todo = [(it, a) for it, a in actions if a in ("new", "resume", "retry")]
-    skipped_failed = sum(a == "skip-failed" for _, a in actions)
-    log.info("batch %s: %d item(s): %d to run (%d to resume), %d done, %d failed%s", out_dir, len(items), len(todo),
-             sum(a == "resume" for _, a in todo), sum(a == "skip-done" for _, a in actions), skipped_failed,
-             " (not retried: --retry-failed)" if skipped_failed else "")
-    jobs = [make_job(it, out_dir, cfg_file, overrides, flags, resume=a == "resume",
-                     device=f"cuda:{device_list[k % len(device_list)]}" if device_list else None,
-                     resume_command=resume_command)
-            for k, (it, a) in enumerate(todo)]
-    if jobs and executor == "local":
-        run_local(manifest, jobs, devices=[f"cuda:{d}" for d in device_list] if device_list else None,
-                  interrupts=ctx.obj)
-    elif jobs:
-        run_ray(manifest, jobs, ray_address, num_gpus, interrupts=ctx.obj)
-
-    names = [it.name for it in items]
-    summary = write_summary(manifest, names)
-    sheet = write_contact_sheet(manifest, names)
-    gallery = write_gallery(out_dir)
-    counts = manifest.counts(names)
+    done = run_batch(items, str(file.resolve()), out_dir, opts, ctx.obj)
+    counts, manifest = done["counts"], done["manifest"]
     if counts["failed"]:
         raise DreamgenError(f"{counts['done']} done, {counts['failed']} failed: see {manifest.path}")
-    typer.echo(f"{counts['done']} done in {time.perf_counter() - t0:.1f} s: {summary}"
-               + (f", {sheet}" if sheet else "") + f", {gallery} (dreamgen view {out_dir} --serve)")
+    typer.echo(f"{counts['done']} done in {time.perf_counter() - t0:.1f} s: {done['summary']}"
+               + (f", {done['contact_sheet']}" if done["contact_sheet"] else "")
+               + f", {done['gallery']} (dreamgen view {out_dir} --serve)")
 
 
 def _devices(devices: Optional[str]) -> list[int]:
@@ -133,8 +102,7 @@ def _command_line() -> str:
     return shlex.join(["dreamgen", *sys.argv[1:]])
 
 
-def _check(file: Path, items, out_dir: Path, cfg_file: Optional[str], overrides: list[str], flags: dict,
-           retry_failed: bool) -> None:
+def _check(file: Path, items, out_dir: Path, opts) -> None:
     """--check: every item's config is composed (not run); prints what a run would do with each item."""
     from dreamgen.batch.manifest import Manifest
     from dreamgen.batch.runner import make_job, plan
@@ -142,7 +110,7 @@ def _check(file: Path, items, out_dir: Path, cfg_file: Optional[str], overrides:
 
     problems = []
     for it in items:
-        job = make_job(it, out_dir, cfg_file, overrides, flags)
+        job = make_job(it, out_dir, opts.config, opts.overrides, opts.flags)
         try:
             load_config(job.config, job.overrides, **job.flags)
         except DreamgenError as e:
@@ -151,7 +119,7 @@ def _check(file: Path, items, out_dir: Path, cfg_file: Optional[str], overrides:
         typer.echo(p, err=True)
     if problems:
         raise DreamgenError(f"{file}: {len(problems)} item(s) with config problems (listed above)")
-    manifest = Manifest.open(out_dir, items, str(file.resolve()), overrides, write=False)
-    for it, action in plan(items, manifest, retry_failed):
+    manifest = Manifest.open(out_dir, items, str(file.resolve()), opts.overrides, write=False)
+    for it, action in plan(items, manifest, opts.retry_failed):
         typer.echo(f"{it.name}\t{action}\t{it.prompt}")
     typer.echo(f"{file}: {len(items)} item(s) OK")

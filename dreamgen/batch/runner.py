@@ -41,11 +41,12 @@ class ItemJob:
     resume: bool = False  # continue from run_dir's checkpoint (otherwise the driver has emptied run_dir)
     progress: bool = True  # the per-item step bar
     resume_command: str = ""  # what continues the whole batch after an interrupt
+    evaluate: bool = False  # score the run against the procedural world right after it (league), in this worker
 
 
 def make_job(item: BatchItem, out_dir: Path, config: str | None, overrides: list[str], flags: dict | None = None,
              device: str | None = None, resume: bool = False, progress: bool = True,
-             resume_command: str = "") -> ItemJob:
+             resume_command: str = "", evaluate: bool = False) -> ItemJob:
     """Layers, later wins: the batch's flags (--loss, --steps, ...) < the batch's trailing overrides < the item's
     ``overrides`` < its loss/seed/steps fields. ``loss`` names the loss, so (as with ``run --loss``) it starts from
     its own recipe, not from settings a config gives another loss."""
@@ -55,7 +56,7 @@ def make_job(item: BatchItem, out_dir: Path, config: str | None, overrides: list
     return ItemJob(name=item.name, prompt=item.prompt, run_dir=str(Path(out_dir) / item.name),
                    config=item.config or config, flags={**(flags or {}), "prompt": item.prompt},
                    overrides=[*overrides, *item.overrides, *extra], device=device, resume=resume, progress=progress,
-                   resume_command=resume_command)
+                   resume_command=resume_command, evaluate=evaluate)
 
 
 def plan(items: list[BatchItem], manifest: Manifest, retry_failed: bool) -> list[tuple[BatchItem, str]]:
@@ -132,6 +133,10 @@ def run_item(job: ItemJob, interrupts: InterruptPolicy | None = None, cache_size
             session = Session.new(cfg, guidance=guidance, run_dir=run_dir)
         session.resume_command = job.resume_command
         result = session.run(interrupts)
+        if job.evaluate:
+            from dreamgen.evaluation import evaluate_run
+
+            evaluate_run(run_dir)
     except Interrupted as e:
         raise ItemInterrupted(session.trainer.step if session else 0, time.perf_counter() - t0, e) from None
     except KeyboardInterrupt:  # a worker cancelled by its driver: the last periodic checkpoint stands

@@ -139,7 +139,8 @@ class _Loader:
             if pickles:
                 log.warning("warning: loading pickle weights %s (guidance.allow_pickle=true): only do this for a "
                             "source you trust", folder / pickles[0])
-        return self.load(cls, subfolder, use_safetensors=not self.allow_pickle, **kwargs)
+        # None lets the library prefer safetensors and fall back to pickle files; True accepts safetensors only.
+        return self.load(cls, subfolder, use_safetensors=None if self.allow_pickle else True, **kwargs)
 
     def unet_and_schedule(self, dtype: torch.dtype) -> tuple[nn.Module, Tensor, str]:
         """(unet, alphas_cumprod [T] float32, prediction_type) of the source's training schedule."""

@@ -3,4 +3,5 @@
 # Overrides that make a run a few seconds of CPU whatever its guidance family: a small hash grid (the Stable
 # Diffusion profile's 16-level 2^19 grid is 16 M parameters, sized for a GPU), few samples, tiny renders.
 SMALL_RUN = ["geometry.grid.n_levels=6", "geometry.grid.log2_hashmap_size=15", "camera.resolution=[16]",
-             "camera.batch_size=1", "trainer.preview_resolution=16", "trainer.preview_views=4"]
+             "camera.resolution_milestones=[]", "camera.batch_size=1", "trainer.preview_resolution=16",
+             "trainer.preview_views=4"]

@@ -150,18 +150,20 @@ def silhouette_iou(mask_pred: Tensor, mask_gt: Tensor) -> float:
     return float(torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union)).mean())
 
 
-def foreground_colour_error(rgb_pred: Tensor, mask_pred: Tensor, rgb_gt: Tensor, mask_gt: Tensor) -> float:
-    """Mean absolute RGB difference between the mean foreground colours, averaged over views with a GT foreground.
+def colour_errors(rgb_pred: Tensor, mask_pred: Tensor, rgb_gt: Tensor, mask_gt: Tensor) -> list[float | None]:
+    """Per view: mean absolute RGB difference between the mean foreground colours (None where the GT shows nothing).
 
     Each image's mean colour is taken over its own mask, so the measure ignores small misalignments and compares
     what colour the object is, shading included. A view where the result shows nothing scores 1 (the maximum).
     rgb: [B,H,W,3] in [0,1], masks: [B,H,W] bool.
     """
-    errs = []
-    for rp, mp, rg, mg in zip(rgb_pred, mask_pred, rgb_gt, mask_gt):
-        if not mg.any():
-            continue
-        errs.append(1.0 if not mp.any() else float((rp[mp].mean(0) - rg[mg].mean(0)).abs().mean()))
+    return [None if not mg.any() else 1.0 if not mp.any() else float((rp[mp].mean(0) - rg[mg].mean(0)).abs().mean())
+            for rp, mp, rg, mg in zip(rgb_pred, mask_pred, rgb_gt, mask_gt)]
+
+
+def foreground_colour_error(rgb_pred: Tensor, mask_pred: Tensor, rgb_gt: Tensor, mask_gt: Tensor) -> float:
+    """:func:`colour_errors` averaged over the views with a GT foreground."""
+    errs = [e for e in colour_errors(rgb_pred, mask_pred, rgb_gt, mask_gt) if e is not None]
     return sum(errs) / len(errs) if errs else 0.0
 
 
@@ -268,17 +270,20 @@ def volumetric_iou(occ_pred: OccFn, shape: str, alignment: Alignment | None = No
 
 
 def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: int = 8, resolution: int = 64,
-             camera_cfg: CameraConfig | None = None, occ_bound: float = 1.0) -> dict:
+             camera_cfg: CameraConfig | None = None, occ_bound: float = 1.0,
+             silhouette_fn: RenderFn | None = None) -> dict:
     """Every metric of a result for ``prompt`` (a world caption, e.g. "a red house"; a view suffix is ignored).
 
     Cameras: ``n_views`` orbit views from the front at the config's eval elevation/distance/fov. Returns
     - colour, shape: parsed from the prompt; scale, offset: the :class:`Alignment` to the true shape;
-    - silhouette_iou, colour_error: over the orbit; volumetric_iou: None without occ_fn;
+    - silhouette_iou, colour_error: over the orbit (colour_error_per_view: each orbit view's, from the front);
+      volumetric_iou: None without occ_fn;
     - janus, front_feature: :func:`janus_score`'s and :func:`front_feature_score`'s scores for shapes with a front
       (:data:`FRONT_FEATURE_SHAPES`), else None;
     - shape_scores: for every world shape, the result re-aligned to that shape and scored by the mean silhouette
       IoU over the orbit (averaged with the volumetric IoU when occ_fn is given); rank1: True when the true shape
-      scores highest.
+      scores highest. The other shapes' silhouettes come from ``silhouette_fn`` when given (a cheaper render of
+      the same opacity, e.g. without shading), else from ``render_fn``.
     """
     colour, shape, _ = parse_caption(prompt)
     cfg = camera_cfg or CameraConfig()
@@ -295,13 +300,14 @@ def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: in
     for candidate in SHAPES:
         rgb_gt, mask_gt, _ = render(candidate, colour, cams)
         alignment = align(candidate, mask_gt)
-        rgb, mask = _render_result(render_fn, cams, alignment)
+        rgb, mask = _render_result(render_fn if candidate == shape else silhouette_fn or render_fn, cams, alignment)
         sil = silhouette_iou(mask, mask_gt)
         vol = volumetric_iou(occ_fn, candidate, alignment) if occ_fn is not None else None
         scores[candidate] = sil if vol is None else 0.5 * (sil + vol)
         if candidate == shape:
             result = {"scale": alignment.scale, "offset": alignment.offset, "silhouette_iou": sil,
-                      "colour_error": foreground_colour_error(rgb, mask, rgb_gt, mask_gt), "volumetric_iou": vol}
+                      "colour_error": foreground_colour_error(rgb, mask, rgb_gt, mask_gt), "volumetric_iou": vol,
+                      "colour_error_per_view": colour_errors(rgb, mask, rgb_gt, mask_gt)}
             result["janus"] = result["front_feature"] = None
             if shape in FRONT_FEATURE_SHAPES:
                 for key, score in (("janus", janus_score), ("front_feature", front_feature_score)):

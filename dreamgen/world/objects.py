@@ -29,6 +29,8 @@ from torch import Tensor
 SHAPES: tuple[str, ...] = ("sphere", "cube", "cone", "cylinder", "torus", "house", "tv", "arrow")
 # Shapes whose front (+x) differs from their back (the Janus probes).
 FRONT_FEATURE_SHAPES: tuple[str, ...] = ("house", "tv", "arrow")
+# Holes through each object (the genus of its surface): the torus has one, every other object none.
+GENUS: dict[str, int] = {"torus": 1}
 VARIANTS: tuple[str, ...] = ("true", "two_faced", "faceless")
 
 # Saturated, well-separated hues that stay distinguishable after Lambertian shading at 32x32 and contrast with

@@ -2,8 +2,9 @@
 
 The result is rendered by its own renderer (Lambertian, light at the camera, like the world's ground truth) in the
 stage its newest checkpoint is in. Its occupancy is, for a density field, ``density > τ`` with τ the export's
-iso-level (so the mesh and the metric agree), and for a surface, the inside of its closed mesh. Metric definitions
-live in :mod:`dreamgen.world.metrics`.
+iso-level (so the mesh and the metric agree), and for a surface, the inside of its closed mesh. When the run has
+exported ``mesh.glb``, the asset is scored too (:mod:`dreamgen.evaluation.mesh`). Metric definitions live in
+:mod:`dreamgen.world.metrics`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dreamgen.evaluation.mesh import evaluate_mesh
 from dreamgen.geometry.base import SurfaceField
 from dreamgen.geometry.isosurface import auto_threshold, density_grid, inside_mesh
 from dreamgen.runs import atomic_write_text
@@ -36,18 +38,22 @@ def occupancy_fn(geometry, export_cfg) -> tuple[Callable[[torch.Tensor], torch.T
 
 @torch.no_grad()
 def evaluate_run(run_dir: Path, n_views: int = 8, resolution: int = 64) -> dict:
+    run_dir = Path(run_dir)
     cfg, scene, step = load_scene(run_dir)
     renderer, geometry = scene.renderers[0], scene.particles[0]
     renderer.eval()
 
-    def render_fn(cams):
-        out = renderer(cams, shading="lambertian", train=False)
+    def render_fn(cams, shading: str = "lambertian"):
+        out = renderer(cams, shading=shading, train=False)
         return out["rgb"], out["opacity"][..., 0]
 
     occ_fn, tau = occupancy_fn(geometry, cfg.export)
     metrics = evaluate(render_fn, occ_fn, cfg.prompt, n_views=n_views, resolution=resolution,
-                       camera_cfg=cfg.camera, occ_bound=float(geometry.radius))
+                       camera_cfg=cfg.camera, occ_bound=float(geometry.radius),
+                       silhouette_fn=lambda cams: render_fn(cams, "albedo"))  # no normals: ~3x faster
     metrics = {"prompt": cfg.prompt, "step": step, "stage": scene.stage.name, "density_threshold": tau, **metrics}
     metrics["offset"] = [float(v) for v in np.asarray(metrics["offset"], dtype=np.float64).flatten()]
-    atomic_write_text(Path(run_dir) / "eval.json", json.dumps(metrics, indent=2))
+    glb = run_dir / "mesh.glb"
+    metrics["mesh"] = evaluate_mesh(glb, cfg.prompt) if glb.exists() else None
+    atomic_write_text(run_dir / "eval.json", json.dumps(metrics, indent=2))
     return metrics
