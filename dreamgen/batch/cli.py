@@ -56,6 +56,8 @@ def batch(
     from dreamgen.config import job_flags
 
     t0 = time.perf_counter()
+    if executor == "ray" and devices:
+        raise DreamgenError("--devices is for the local executor; with --executor ray use --num-gpus")
     opts = BatchOptions(config=config, overrides=list(overrides or []), flags=job_flags(loss, guidance, steps, seed),
                         executor=executor, devices=_devices(devices), ray_address=ray_address, num_gpus=num_gpus,
                         retry_failed=retry_failed, resume_command=_command_line())

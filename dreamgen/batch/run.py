@@ -36,8 +36,6 @@ class BatchOptions:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise DreamgenError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTORS)}")
-        if self.executor == "ray" and self.devices:
-            raise DreamgenError("--devices is for the local executor; with --executor ray use --num-gpus")
 
 
 def run_batch(items: list[BatchItem], source: str, out_dir: Path, opts: BatchOptions,
