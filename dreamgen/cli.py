@@ -31,7 +31,8 @@ log = logging.getLogger("dreamgen")
 # The job flags `run`, `batch` and `config show` share.
 LOSS = typer.Option(None, "--loss", help="Distillation loss (see `dreamgen losses`).")
 CONFIG = typer.Option(None, "--config", help="YAML config file, or a preset name (see `dreamgen config presets`).")
-GUIDANCE = typer.Option(None, "--guidance", help="auto | shapes | stable-diffusion | a pipeline folder or hub id.")
+GUIDANCE = typer.Option(None, "--guidance", help="auto | shapes | shapes64 | shapes-cam | stable-diffusion | a "
+                                                     "pipeline folder or hub id.")
 STEPS = typer.Option(None, "--steps", min=1, help="Optimisation steps of the first stage (trainer.steps).")
 SEED = typer.Option(None, "--seed", help="Random seed: a seeded CPU run is deterministic.")
 
@@ -194,10 +195,15 @@ def eval_run(
     from dreamgen.evaluation import evaluate_run
 
     m = evaluate_run(run_dir, views, resolution)
-    janus = "" if m["janus"] is None else f", Janus {m['janus']:.2f}"
+    front = "" if m["front_feature"] is None else f", front feature {m['front_feature']:.2f}, Janus {m['janus']:.2f}"
+    mesh = m["mesh"]
+    glb = "" if mesh is None else (f"; mesh.glb: volumetric IoU {mesh['mesh_volumetric_iou']:.3f}, Chamfer "
+                                   f"{mesh['chamfer']:.3f}, genus {mesh['genus']} (true {mesh['true_genus']}), "
+                                   f"{mesh['pieces']} piece{'s' * (mesh['pieces'] != 1)}")
     typer.echo(f"{m['prompt']}: silhouette IoU {m['silhouette_iou']:.3f}, volumetric IoU {m['volumetric_iou']:.3f}, "
-               f"colour error {m['colour_error']:.3f}{janus}, object rank-1 {'yes' if m['rank1'] else 'NO'} "
-               f"({', '.join(f'{k} {v:.2f}' for k, v in sorted(m['shape_scores'].items(), key=lambda kv: -kv[1]))})")
+               f"colour error {m['colour_error']:.3f}{front}, object rank-1 {'yes' if m['rank1'] else 'NO'} "
+               f"({', '.join(f'{k} {v:.2f}' for k, v in sorted(m['shape_scores'].items(), key=lambda kv: -kv[1]))})"
+               f"{glb}")
 
 
 @app.command()
@@ -252,6 +258,7 @@ def league(
 
     from dreamgen.batch.run import BatchOptions, run_batch
     from dreamgen.evaluation.league import load_grid, write_league
+    from dreamgen.runs import atomic_write_text
 
     spec = load_grid(grid)
     out_dir = out or Path("outputs") / f"league-{spec.name}"
@@ -266,7 +273,7 @@ def league(
             sheet = doc.with_name(f"{doc.stem}_contact_sheet.png")
             shutil.copyfile(result["sheet"], sheet)
             text = text.replace(f"]({result['sheet'].name})", f"]({sheet.name})")
-        doc.write_text(text)
+        atomic_write_text(doc, text)
     for row in result["rows"]:
         typer.echo(f"{row['method']:<16} sil. IoU {row['silhouette_iou'] or 0:.3f}  vol. IoU "
                    f"{row['volumetric_iou'] or 0:.3f}  rank-1 {row['rank1']}/{row['done']}")

@@ -5,6 +5,8 @@ Layers, later wins (each has a label that ``dreamgen config show --explain`` pri
     default   the dataclass defaults of each component
     base      dreamgen/configs/base.yaml (neutral)
     profile   dreamgen/configs/profiles/<family>.yaml: how this guidance family is run (prior | stable-diffusion)
+              then profiles/<overlay>.yaml where the guidance names one: what it changes in its family's profile
+              (the embedded prior's 64-px modes render at 64 px)
     recipe    dreamgen/configs/recipes/<family>/<loss>.yaml: the loss as its paper runs it with that family
     preset    --config NAME (dreamgen/configs/presets/NAME.yaml) or --config FILE
     flag      --loss, --steps, --seed, --guidance, --out, ...
@@ -269,7 +271,8 @@ def compose_layers(layers: list[Layer], resolve_auto: bool = True) -> Composed:
     device = _resolved_top(layers, "device", "auto")
     concrete, choice = names["guidance"], ""
     if concrete == "auto" and resolve_auto:
-        concrete, choice = resolve_auto_guidance(_auto_source(layers), str(device))
+        concrete, choice = resolve_auto_guidance(_auto_source(layers), str(device),
+                                                 str(_resolved_top(layers, "prompt", "")))
     layers = _filter(layers, names, concrete)
     raw = _merge(layers)
 
@@ -315,19 +318,37 @@ def _auto_source(layers: list[Layer]) -> str:
     return str(_resolved_top(layers, "guidance.pretrained", AutoGuidanceConfig.pretrained))
 
 
-def resolve_auto_guidance(source: str, device: str) -> tuple[str, str]:
+def embedded_prior_for(prompt: str) -> str:
+    """The embedded prior's guidance for a prompt: ``shapes`` (v1, the better text-only teacher: docs/league.md)
+    for the objects its weights know, ``shapes64`` (v2) for the objects only v2 knows. A prompt that is no world
+    caption gets ``shapes``, whose check then names the unknown word."""
+    from dreamgen.errors import PromptError
+    from dreamgen.prior.io import load_spec
+    from dreamgen.world.captions import parse_caption
+
+    try:
+        shape = parse_caption(prompt)[1]
+    except PromptError:
+        return "shapes"
+    return "shapes" if shape in load_spec("v1").shapes else "shapes64"
+
+
+def resolve_auto_guidance(source: str, device: str, prompt: str = "") -> tuple[str, str]:
     """``auto`` -> (concrete guidance name, why): Stable Diffusion when CUDA is usable and ``source``'s weights are
-    on this machine (a folder, or the Hugging Face cache), else the embedded prior."""
+    on this machine (a folder, or the Hugging Face cache), else the embedded prior that knows ``prompt``."""
     import torch
 
     if device == "cpu" or not torch.cuda.is_available():
-        return "shapes", "no CUDA device, so the embedded prior"
-    from dreamgen.guidance.stable_diffusion import weights_available
+        why = "no CUDA device"
+    else:
+        from dreamgen.guidance.stable_diffusion import weights_available
 
-    if weights_available(source):
-        return "stable-diffusion", f"CUDA available and {source} found on this machine"
-    return "shapes", (f"CUDA available but {source} is not in the Hugging Face cache, so the embedded prior "
-                      f"(download it with: dreamgen run PROMPT --guidance {source})")
+        if weights_available(source):
+            return "stable-diffusion", f"CUDA available and {source} found on this machine"
+        why = (f"CUDA available but {source} is not in the Hugging Face cache (download it with: dreamgen run "
+               f"PROMPT --guidance {source})")
+    name = embedded_prior_for(prompt)
+    return name, f"{why}, so the embedded prior ({name})"
 
 
 def family(guidance_name: str) -> str:
@@ -336,7 +357,8 @@ def family(guidance_name: str) -> str:
 
 
 def system_layers(guidance_name: str, loss_name: str) -> list[Layer]:
-    """base, the family's profile and, if there is one, the loss's recipe in that family."""
+    """base, the family's profile (and the guidance's overlay on it) and, if there is one, the loss's recipe in that
+    family."""
     fam = family(guidance_name)
     base = _packaged("base.yaml")
     profile = _packaged(f"profiles/{fam}.yaml")
@@ -344,6 +366,9 @@ def system_layers(guidance_name: str, loss_name: str) -> list[Layer]:
         missing = "base.yaml" if base is None else f"profiles/{fam}.yaml"
         raise ConfigError(f"the installed dreamgen lacks its config file dreamgen/configs/{missing}; reinstall it")
     layers = [Layer("base", base), Layer(f"profile {fam}", profile)]
+    overlay = registry.lookup("guidance", guidance_name).meta.get("overlay")
+    if overlay is not None:
+        layers.append(Layer(f"profile {overlay}", _packaged(f"profiles/{overlay}.yaml")))
     recipe = _packaged(f"recipes/{fam}/{loss_name}.yaml")
     if recipe is not None:
         layers.append(Layer(f"recipe {fam}/{loss_name}", recipe))
@@ -369,7 +394,8 @@ def compose_new(config: str | Path | None = None, overrides: list[str] | None = 
     names = {s: _named(users, s) for s in NAMED_SECTIONS}
     concrete = names["guidance"]
     if concrete == "auto":
-        concrete, _ = resolve_auto_guidance(_auto_source(users), str(_resolved_top(users, "device", "auto")))
+        concrete, _ = resolve_auto_guidance(_auto_source(users), str(_resolved_top(users, "device", "auto")),
+                                            str(_resolved_top(users, "prompt", "")))
     registry.lookup("guidance", concrete)  # an unknown name fails here, listing the valid ones
     registry.lookup("loss", names["loss"])
     return compose_layers(system_layers(concrete, names["loss"]) + users)
@@ -418,7 +444,7 @@ def validate(cfg: RunConfig) -> None:
     if len(cfg.prompt) > MAX_PROMPT:
         raise ConfigError(f"the prompt is {len(cfg.prompt)} characters long; at most {MAX_PROMPT}")
     if cfg.prompt.strip():
-        guidance.cls.check_prompt(cfg.prompt)
+        guidance.cls.check_prompt(cfg.prompt, cfg.guidance)
     stride = guidance.meta.get("latent_stride", 1)
     sizes = [("camera.resolution", r) for r in cfg.camera.resolution]
     if "dmtet" in cfg.stages:

@@ -2,7 +2,7 @@
 """Train the embedded prior (``--guidance shapes`` / ``shapes-cam``) from scratch and export it to dreamgen/assets.
 
     python scripts/train_prior.py --preset v2 --device cuda --time-budget 240 --out /tmp/prior_v2 \\
-        --export dreamgen/assets/shapes_prior.safetensors > /tmp/prior_v2.log     # one H200, ~4 minutes
+        --export dreamgen/assets/shapes_prior_v2.safetensors > /tmp/prior_v2.log     # one H200, ~4 minutes
     python scripts/train_prior.py --preset v1 --device cuda --time-budget 330      # the 32-px text-only prior
     python scripts/train_prior.py --device cpu --steps 2000 --n-images 4000 --export /tmp/prior.safetensors
 

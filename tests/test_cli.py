@@ -39,7 +39,7 @@ def _cli(monkeypatch, capsys, *args):
     (["run", "a red cube", "camera.resolution=[0]"], "camera.resolution=[0]: must be > 0", 2),
     (["run", "a red cube", "device=tpu"], "device='tpu': must be auto, cpu, cuda or cuda:N", 2),
     (["run", "a red cube", "geometry.name=dmtet"], "the coarse stage renders a density field", 2),
-    (["run", "a red cube", "prompt=${oc.env:DREAMGEN_SURELY_UNSET}"], "cannot compose the config", 2),
+    (["run", "a red cube", "prompt=${oc.env:DREAMGEN_SURELY_UNSET}"], "cannot resolve prompt:", 2),
     (["run", "--resume", "/no/such/run"], "not a run folder", 2),
     (["export", "/no/such/run"], "not a run folder", 2),
     (["eval", "/no/such/run"], "not a run folder", 2),

@@ -123,8 +123,10 @@ def test_recipes_follow_guidance_and_loss():
 def test_auto_resolves_when_composed(monkeypatch):
     cfg = compose_new()
     assert cfg.cfg.guidance.name == "shapes" and "no CUDA" in cfg.sources["guidance.name"]
+    tv = compose_new(None, ["prompt=a cyan tv"])  # an object only the v2 weights know
+    assert tv.cfg.guidance.name == "shapes64" and list(tv.cfg.camera.resolution) == [64]
     monkeypatch.setattr(config_module, "resolve_auto_guidance",
-                        lambda source, device: ("stable-diffusion", f"CUDA available and {source} found"))
+                        lambda source, device, prompt: ("stable-diffusion", f"CUDA available and {source} found"))
     cfg = compose_new(None, ["guidance.pretrained=/some/sd"])
     assert cfg.cfg.guidance.name == "stable-diffusion" and cfg.cfg.guidance.pretrained == "/some/sd"
     assert cfg.cfg.trainer.steps == 10000  # the stable-diffusion profile and sds recipe were chosen
@@ -162,7 +164,7 @@ def test_explain_names_the_layer_of_each_value(tmp_path):
     ("geometry.name=dmtet", "geometry.name=dmtet: the coarse stage renders a density field"),
     ("background.kind=sky", "background.kind='sky': must be one of solid, mlp"),
     ("trainer.lambda_orient=[0,1,-1,10]", "trainer.lambda_orient=[0, 1, -1, 10]: must be ≥ 0"),
-    ("prompt=${oc.env:DREAMGEN_SURELY_UNSET}", "cannot compose the config:"),
+    ("prompt=${oc.env:DREAMGEN_SURELY_UNSET}", "cannot resolve prompt:"),
     ("prompt=${nope:x}", "Unsupported interpolation type nope"),
 ])
 def test_numbers_are_validated_with_one_line(override, expected):

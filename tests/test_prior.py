@@ -12,7 +12,7 @@ import torch
 
 from dreamgen.cameras import CameraConfig, make_cameras
 from dreamgen.errors import GuidanceLoadError, PromptError
-from dreamgen.prior.io import DEFAULT_WEIGHTS, load_prior, save_prior
+from dreamgen.prior.io import PACKAGED, load_prior, save_prior
 from dreamgen.prior.model import CAMERA_FEATURES, PriorSpec, ShapesPrior, count_parameters, denoise
 from dreamgen.world.captions import caption
 from dreamgen.world.objects import COLOURS, FRONT_FEATURE_SHAPES, SHAPES
@@ -280,19 +280,19 @@ def test_trainable_copy_starts_equal_and_trains_only_lora(tiny_weights):
 
 
 # ---- the packaged weights ------------------------------------------------------------------------------------------
-packaged = pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(),
-                              reason=f"no packaged prior at {DEFAULT_WEIGHTS} (train: python scripts/train_prior.py)")
+packaged = pytest.mark.skipif(not all(w.exists() for w in PACKAGED.values()),
+                              reason="no packaged prior in dreamgen/assets (train: python scripts/train_prior.py)")
 
 
 @packaged
-def test_packaged_prior_denoises_a_red_cube_best_with_its_own_caption():
-    from dreamgen.cameras import CameraConfig, make_cameras
-    from dreamgen.guidance.shapes import ShapesGuidance
+@pytest.mark.parametrize("name", ["shapes", "shapes64"])
+def test_packaged_prior_denoises_a_red_cube_best_with_its_own_caption(name):
+    from dreamgen.registry import lookup
     from dreamgen.world.render import render
 
-    g = ShapesGuidance()  # the packaged weights, no network
+    g = lookup("guidance", name).cls()  # the packaged weights (v1, v2), no network
     cams = make_cameras(torch.tensor([20.0, -60.0]), torch.tensor([15.0, 30.0]), torch.tensor([1.75, 1.75]),
-                        torch.tensor([55.0, 55.0]), 32, CameraConfig())
+                        torch.tensor([55.0, 55.0]), g.image_size, CameraConfig())
     rgb, _, _ = render("cube", "red", cams)
     x = g.encode_images(rgb)
 
@@ -309,18 +309,29 @@ def test_packaged_prior_denoises_a_red_cube_best_with_its_own_caption():
         return total
 
     right = error("a red cube")
-    assert right < 0.5 * error("a blue cube")  # measured ≈ 14× lower
-    assert right < error("a red sphere")  # measured ≈ 15% lower
+    assert right < 0.5 * error("a blue cube")  # measured ≈ 14× lower (v1)
+    assert right < error("a red sphere")  # measured ≈ 15% lower (v1)
 
 
 @packaged
-def test_packaged_weights_are_small_and_describe_themselves():
-    meta = json.loads(DEFAULT_WEIGHTS.with_suffix(".json").read_text())
-    assert DEFAULT_WEIGHTS.stat().st_size <= 10 * 2**20
+@pytest.mark.parametrize("version,n_shapes,camera_dim", [("v1", 6, 0), ("v2", 8, 4)])
+def test_packaged_weights_are_small_and_describe_themselves(version, n_shapes, camera_dim):
+    weights = PACKAGED[version]
+    meta = json.loads(weights.with_suffix(".json").read_text())
+    assert weights.stat().st_size <= 10 * 2**20
     shapes = meta["spec"]["shapes"]
     # New world objects are appended, so older weights know a prefix of today's objects (v1: the first six).
-    assert meta["spec"]["colours"] == list(COLOURS) and len(shapes) >= 6 and shapes == list(SHAPES[:len(shapes)])
-    assert meta["meta"]["steps"] > 0
+    assert meta["spec"]["colours"] == list(COLOURS) and len(shapes) == n_shapes and shapes == list(SHAPES[:n_shapes])
+    assert meta["spec"].get("camera_dim", 0) == camera_dim and meta["meta"]["steps"] > 0
+
+
+@packaged
+def test_guidance_refuses_an_object_its_weights_do_not_know():
+    from dreamgen.config import load_config
+
+    with pytest.raises(PromptError, match="not trained on the tv.*shapes64 or shapes-cam knows it"):
+        load_config(None, [], prompt="a cyan tv", **{"guidance.name": "shapes"})
+    assert load_config(None, [], prompt="a cyan tv", **{"guidance.name": "shapes64"}).guidance.weights == "v2"
 
 
 # ---- training script -----------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ touch diffusers objects directly, so every loss works with every guidance.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -39,9 +39,10 @@ class Guidance(nn.Module):
     latent_channels: int
 
     @classmethod
-    def check_prompt(cls, prompt: str) -> None:
-        """Raise :class:`dreamgen.errors.PromptError` for a prompt this guidance can never encode (checked when the
-        config is composed, before any weights load). Open-vocabulary models accept everything."""
+    def check_prompt(cls, prompt: str, cfg: Any) -> None:
+        """Raise :class:`dreamgen.errors.PromptError` for a prompt this guidance (configured by ``cfg``) can never
+        encode; checked when the config is composed, before any weights load. Open-vocabulary models accept
+        everything."""
 
     @property
     def num_train_timesteps(self) -> int:

@@ -1,14 +1,16 @@
-"""The embedded prior: a small pixel-space diffusion model of the procedural world, two guidance modes.
+"""The embedded prior: a small pixel-space diffusion model of the procedural world, three guidance modes.
 
-- ``--guidance shapes``: text only (the prior's null camera). Its training photos are front-biased, so this is the
-  Janus-prone setting.
-- ``--guidance shapes-cam``: the same model told each render's camera (azimuth relative to the object's front,
-  elevation, distance) through :meth:`ShapesCamGuidance.condition`; needs weights with a camera input (v2).
+- ``--guidance shapes``: the 32-px v1 weights, text only: the default on a CPU (six objects; docs/prior.md says
+  why v1 stays the text-only teacher).
+- ``--guidance shapes64``: the 64-px v2 weights (eight objects), text only (the prior's null camera). Its training
+  photos are front-biased, so this is the Janus-prone setting.
+- ``--guidance shapes-cam``: the v2 weights told each render's camera (azimuth relative to the object's front,
+  elevation, distance) through :meth:`ShapesCamGuidance.condition`.
 
-It runs offline on a CPU from package data (``dreamgen/assets/shapes_prior.{safetensors,json}``, trained by
-``scripts/train_prior.py``). Its space is RGB in [-1,1] at the prior's size (32×32 for v1, 64×64 for v2), so
-``encode_images`` is a differentiable antialiased resize. Prompts are world captions ("a red cube", "a red cube,
-front view"); words outside the world's vocabulary are a :class:`PromptError`. The model predicts v;
+The weights are package data (``dreamgen/assets/shapes_prior_{v1,v2}.{safetensors,json}``, trained by
+``scripts/train_prior.py``); ``guidance.weights`` takes ``v1``, ``v2`` or a path. Its space is RGB in [-1,1] at the
+prior's size, so ``encode_images`` is a differentiable antialiased resize. Prompts are world captions ("a red cube",
+"a red cube, front view"); words outside the weights' vocabulary are a :class:`PromptError`. The model predicts v;
 ``predict_noise`` returns ε = a_t·v + s_t·x_t.
 """
 
@@ -22,9 +24,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dreamgen.cameras import Cameras
-from dreamgen.errors import GuidanceLoadError
+from dreamgen.errors import GuidanceLoadError, PromptError
 from dreamgen.guidance.base import Guidance, LoRAScore, alpha_sigma
-from dreamgen.prior.io import DEFAULT_WEIGHTS, load_prior
+from dreamgen.prior.io import load_prior, load_spec, weights_path
 from dreamgen.prior.model import ShapesPrior, denoise, v_to_eps
 from dreamgen.registry import register
 from dreamgen.world.captions import parse_caption
@@ -36,22 +38,33 @@ LORA_TARGETS = ["conv1", "conv2", "time_emb_proj", "to_q", "to_k", "to_v", "to_o
 @dataclass
 class ShapesGuidanceConfig:
     name: str = "shapes"
-    weights: str = ""  # shapes_prior.safetensors path (its .json beside it); "" = the packaged weights
+    weights: str = "v1"  # a packaged name (v1, v2) or a shapes_prior.safetensors path (its .json beside it)
+
+
+@dataclass
+class Shapes64GuidanceConfig:
+    name: str = "shapes64"
+    weights: str = "v2"
 
 
 @dataclass
 class ShapesCamGuidanceConfig:
     name: str = "shapes-cam"
-    weights: str = ""  # as for "shapes"; the weights must have a camera input (camera_dim > 0)
+    weights: str = "v2"  # the weights must have a camera input (camera_dim > 0)
+
+
+def _weights(cfg) -> str:
+    """The configured weights; "" (run folders of older versions) = the guidance's packaged default."""
+    return cfg.weights or type(cfg)().weights
 
 
 @register("guidance", "shapes", config=ShapesGuidanceConfig, family="prior",
-          summary="embedded prior of the procedural world, text only (offline, CPU; colours × shapes × views)")
+          summary="embedded prior v1 (32 px, six objects), text only: the offline CPU default")
 class ShapesGuidance(Guidance):
     def __init__(self, cfg: ShapesGuidanceConfig | None = None, device: str | torch.device = "cpu"):
         super().__init__()
         self.cfg = cfg or ShapesGuidanceConfig()
-        self.prior = load_prior(self.cfg.weights, device)
+        self.prior = load_prior(_weights(self.cfg), device)
         spec = self.prior.spec
         self.image_size = spec.image_size
         self.latent_channels = 3
@@ -60,8 +73,16 @@ class ShapesGuidance(Guidance):
         self.background = tuple(spec.background)  # what the prior's training renders were composited over
 
     @classmethod
-    def check_prompt(cls, prompt: str) -> None:
-        parse_caption(prompt)  # PromptError naming the unknown word and listing the vocabulary
+    def check_prompt(cls, prompt: str, cfg: ShapesGuidanceConfig) -> None:
+        """A PromptError naming an unknown word, or an object these weights were not trained on (and the guidance
+        whose weights know it)."""
+        shape, known = parse_caption(prompt)[1], load_spec(_weights(cfg)).shapes
+        if shape not in known:
+            knows = [n for n, w in (("shapes64", "v2"), ("shapes-cam", "v2"), ("shapes", "v1"))
+                     if n != cfg.name and shape in load_spec(w).shapes]
+            raise PromptError(f"--guidance {cfg.name} ({_weights(cfg)} weights) was not trained on the {shape}; "
+                              f"it knows {', '.join(known)}"
+                              + (f"; --guidance {' or '.join(knows)} knows it" if knows else ""))
 
     def encode_images(self, rgb: Tensor) -> Tensor:
         """rgb [B,H,W,3] in [0,1] -> x [B,3,S,S] in [-1,1], S the prior's size (bilinear resize, antialiased when
@@ -89,7 +110,16 @@ class ShapesGuidance(Guidance):
         return ShapesLoRAScore(copy.deepcopy(self.prior), self.alphas_cumprod, lora_rank, camera_dim)
 
 
-@register("guidance", "shapes-cam", config=ShapesCamGuidanceConfig, family="prior",
+@register("guidance", "shapes64", config=Shapes64GuidanceConfig, family="prior", overlay="prior-64px",
+          summary="the 64-px prior v2, text only (eight objects; the Janus-prone setting)")
+class Shapes64Guidance(ShapesGuidance):
+    """``shapes`` on the v2 weights (a name of its own, so that its profile overlay sets 64-px renders)."""
+
+    def __init__(self, cfg: Shapes64GuidanceConfig | None = None, device: str | torch.device = "cpu"):
+        super().__init__(cfg or Shapes64GuidanceConfig(), device)
+
+
+@register("guidance", "shapes-cam", config=ShapesCamGuidanceConfig, family="prior", overlay="prior-64px",
           summary="the embedded prior told each render's camera (v2 weights; against the Janus artefact)")
 class ShapesCamGuidance(ShapesGuidance):
     """The embedded prior conditioned on the camera of each render: :meth:`condition` writes the camera (relative
@@ -100,8 +130,9 @@ class ShapesCamGuidance(ShapesGuidance):
         if not self.prior.spec.camera_dim:
             raise GuidanceLoadError(
                 f"--guidance shapes-cam needs prior weights with a camera condition, and "
-                f"{self.cfg.weights or DEFAULT_WEIGHTS} have none (a text-only v1 prior): train v2 weights with "
-                f"`python scripts/train_prior.py --preset v2` or use --guidance shapes")
+                f"{weights_path(_weights(self.cfg))} have none (a text-only v1 prior): use the packaged v2 weights "
+                f"(guidance.weights=v2), train some with `python scripts/train_prior.py --preset v2`, or use "
+                f"--guidance shapes")
 
     def condition(self, emb: Tensor, cameras: Cameras) -> Tensor:
         """emb [k·B, emb_dim] (rows particle-major) and B cameras -> the same rows with their camera fused."""

@@ -13,7 +13,10 @@ from dreamgen.errors import GuidanceLoadError
 from dreamgen.prior.model import PriorSpec, ShapesPrior
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
-DEFAULT_WEIGHTS = ASSETS_DIR / "shapes_prior.safetensors"
+# The packaged weights, by the name a guidance config gives them (docs/prior.md): v1 is the 32-px text-only prior of
+# six objects (the better teacher for text-only SDS at 32 px), v2 the 64-px eight-object prior with a camera input.
+PACKAGED = {"v1": ASSETS_DIR / "shapes_prior_v1.safetensors", "v2": ASSETS_DIR / "shapes_prior_v2.safetensors"}
+DEFAULT_WEIGHTS = PACKAGED["v2"]  # where scripts/train_prior.py exports
 TRAIN_HINT = "train them with `python scripts/train_prior.py` (a few minutes on a GPU)"
 
 
@@ -32,15 +35,35 @@ def save_prior(model: ShapesPrior, weights: str | Path, meta: dict[str, Any] | N
     return weights
 
 
-def load_prior(weights: str | Path = "", device: str | torch.device = "cpu") -> ShapesPrior:
-    """Load the prior in float32, offline; any problem is a one-line :class:`GuidanceLoadError`."""
-    weights = Path(weights) if str(weights) else DEFAULT_WEIGHTS
-    cfg_file = spec_path(weights)
-    if not weights.is_file() or not cfg_file.is_file():
-        missing = weights if not weights.is_file() else cfg_file
-        raise GuidanceLoadError(f"embedded prior weights not found ({missing}); {TRAIN_HINT}")
+def weights_path(weights: str | Path) -> Path:
+    """A packaged name (v1, v2) or a path -> the path of the ``.safetensors`` file."""
+    return PACKAGED.get(str(weights), Path(weights))
+
+
+def _missing(path: Path) -> GuidanceLoadError:
+    return GuidanceLoadError(f"embedded prior weights not found ({path}); {TRAIN_HINT}")
+
+
+def load_spec(weights: str | Path) -> PriorSpec:
+    """The spec of a set of weights (reads only its ``.json``: cheap enough to check prompts with)."""
+    weights = weights_path(weights)
+    if not spec_path(weights).is_file():
+        raise _missing(spec_path(weights))
     try:
-        spec = PriorSpec.from_dict(json.loads(cfg_file.read_text())["spec"])
+        return PriorSpec.from_dict(json.loads(spec_path(weights).read_text())["spec"])
+    except Exception as e:
+        raise GuidanceLoadError(f"could not read the embedded prior's spec {spec_path(weights)}: {e}; "
+                                f"{TRAIN_HINT}") from None
+
+
+def load_prior(weights: str | Path = "v2", device: str | torch.device = "cpu") -> ShapesPrior:
+    """Load the prior (a packaged name or a path) in float32, offline; any problem is a one-line
+    :class:`GuidanceLoadError`."""
+    weights = weights_path(weights)
+    if not weights.is_file():
+        raise _missing(weights)
+    spec = load_spec(weights)
+    try:
         model = ShapesPrior(spec)
         state = {k: v.float() for k, v in load_file(str(weights)).items()}
         model.load_state_dict(state)
