@@ -42,8 +42,10 @@ class Progress:
         rate = (self.n - self.n0) / elapsed if elapsed > 0 else 0.0
         eta = (self.total - self.n) / rate if rate > 0 else float("nan")
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
+        # Slow loops (a batch item takes minutes) read better as seconds per item, as tqdm shows them.
+        speed = f"{rate:.2f} {self.unit}/s" if rate >= 0.5 or rate == 0 else f"{1 / rate:.1f} s/{self.unit}"
         return (f"{self.desc}: {self.unit} {self.n}/{self.total} ({100 * self.n / max(self.total, 1):.0f}%), "
-                f"{rate:.2f} {self.unit}/s, ETA {eta:.0f} s{extra}")
+                f"{speed}, ETA {eta:.0f} s{extra}")
 
     def close(self) -> None:
         if self.bar is not None:

@@ -160,7 +160,7 @@ def _f(v: Any, digits: int = 2) -> str:
 
 def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, sheet: Path | None) -> Path:
     head = ["method", "done", "sil. IoU (± seeds)", "vol. IoU", "mesh vol. IoU", "Chamfer", "colour err.",
-            "rank-1", "genus right", "front feature", "Janus rate", "s/step", "s to GLB"]
+            "rank-1", "genus right", "front feature (rate ≥ 0.5)", "Janus rate", "s/step", "s to GLB"]
     lines = [f"# dreamgen league: {grid.name}", "",
              f"{len(grid.methods)} method(s) × {len(grid.prompts)} prompt(s) × {len(grid.seeds)} seed(s); "
              f"overrides for every run: `{' '.join(grid.overrides) or 'none'}`.", "",
@@ -171,7 +171,8 @@ def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, s
             f"| {r['method']}", f"{n}/{r['runs']}",
             f"{_f(r['silhouette_iou'])} (± {_f(r['silhouette_iou_seed_std'])})", _f(r["volumetric_iou"]),
             _f(r["mesh_volumetric_iou"]), _f(r["chamfer"], 3), _f(r["colour_error"], 3), f"{r['rank1']}/{n}",
-            f"{r['genus_right']}/{n}", _f(r["front_feature"]), _f(r["janus_rate"]), _f(r["s_per_step"], 3),
+            f"{r['genus_right']}/{n}", f"{_f(r['front_feature'])} ({_f(r['front_rate'])})", _f(r["janus_rate"]),
+            _f(r["s_per_step"], 3),
             _f(r["s_to_glb"], 0)]) + " |")
     lines += ["", "Per run:", "", "| run | sil. IoU | vol. IoU | mesh vol. IoU | Chamfer | colour err. | rank-1 | "
               "genus right | front | Janus |", "|---|---|---|---|---|---|---|---|---|---|"]

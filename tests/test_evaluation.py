@@ -1,0 +1,115 @@
+"""``dreamgen eval`` on exported meshes and ``dreamgen league``: grids, scoring, the written table, resuming."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from export_helpers import PEAK, WorldObject, fake_run
+
+from dreamgen.cli import main
+from dreamgen.config import load_config
+from dreamgen.errors import ConfigError, PromptError
+from dreamgen.evaluation.league import grid_names, load_grid
+from dreamgen.evaluation.mesh import evaluate_mesh
+from dreamgen.export import ExportConfig
+from dreamgen.testing import SMALL_RUN
+
+
+# ---- the exported mesh against the exact object -------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def exact_glbs(tmp_path_factory) -> dict[str, Path]:
+    """The world's torus and cube exported (as a run would: cleanup on, glTF frame) from their exact SDFs."""
+    cfg = ExportConfig(resolution=48, threshold=PEAK / 2, texture=False, turntable_frames=0)
+    root = tmp_path_factory.mktemp("exact")
+    return {shape: fake_run(root / shape, WorldObject(shape), f"a red {shape}", cfg)["glb"]
+            for shape in ("torus", "cube")}
+
+
+def test_mesh_eval_scores_the_exact_objects_near_perfect(exact_glbs):
+    torus = evaluate_mesh(exact_glbs["torus"], "a red torus")
+    cube = evaluate_mesh(exact_glbs["cube"], "a red cube")
+    for m in (torus, cube):
+        assert m["mesh_volumetric_iou"] > 0.85 and m["chamfer"] < 0.02 and m["pieces"] == 1, m
+    assert (torus["genus"], torus["true_genus"], torus["genus_right"]) == (1, 1, True)
+    assert (cube["genus"], cube["true_genus"], cube["genus_right"]) == (0, 0, True)
+
+
+def test_mesh_eval_tells_the_wrong_object(exact_glbs):
+    right = evaluate_mesh(exact_glbs["cube"], "a red cube")
+    wrong = evaluate_mesh(exact_glbs["cube"], "a red torus")  # a cube read as a torus: no hole, wrong volume
+    assert wrong["genus_right"] is False and wrong["mesh_volumetric_iou"] < right["mesh_volumetric_iou"] - 0.2
+    assert wrong["chamfer"] > 2 * right["chamfer"]
+
+
+# ---- grids --------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, error, match", [
+    ("prompts: [a red cube]\nbogus: 1\n", ConfigError, "unknown key 'bogus'"),
+    ("seeds: [0]\n", ConfigError, "no prompts"),
+    ("prompts: [a corgi]\n", PromptError, "corgi"),
+    ("prompts: [a red cube]\nmethods:\n  x: {lr: 3}\n", ConfigError, "method 'x' has unknown field 'lr'"),
+    ("prompts: [a red cube\n", ConfigError, "cannot parse league grid"),
+])
+def test_bad_grid_files_are_one_line_errors(tmp_path, text, error, match):
+    f = tmp_path / "g.yaml"
+    f.write_text(text)
+    with pytest.raises(error, match=match):
+        load_grid(str(f))
+    with pytest.raises(ConfigError, match="no league grid file or name 'nope'; grids: .*quick"):
+        load_grid("nope")
+
+
+@pytest.mark.parametrize("name", grid_names())
+def test_every_packaged_grid_composes_every_run(name):
+    grid = load_grid(name)
+    items = grid.items()
+    assert len(items) == len(grid.methods) * len(grid.prompts) * len(grid.seeds)
+    guidance = set()
+    for it in items:
+        cfg = load_config(None, list(it.overrides), prompt=it.prompt, seed=it.seed,
+                          **({"loss.name": it.loss} if it.loss else {}))
+        guidance.add(cfg.guidance.name)
+    assert guidance <= {"shapes", "shapes64", "shapes-cam"}  # the world's prompts run on the embedded prior
+
+
+# ---- a whole league -----------------------------------------------------------------------------------------------
+TINY = [*SMALL_RUN, "trainer.steps=3", "renderer.num_samples=12", "export.resolution=32", "export.texture=false",
+        "export.turntable_frames=2", "export.turntable_resolution=32", "trainer.preview_every=0",
+        "trainer.progress=false"]
+
+
+def _league(monkeypatch, capsys, *args) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["dreamgen", "league", *map(str, args)])
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code
+    return code, capsys.readouterr().out
+
+
+def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
+    grid = tmp_path / "mini.yaml"
+    grid.write_text("prompts: [a red cube]\nseeds: [0]\nmethods:\n  sds: {}\n  csd:\n    loss: csd\n")
+    out, doc = tmp_path / "league", tmp_path / "docs" / "league.md"
+    code, text = _league(monkeypatch, capsys, grid, *TINY, "--out", out, "--doc", doc)
+    assert code == 0, text
+    league = json.loads((out / "league.json").read_text())
+    assert [r["method"] for r in league["methods"]] == ["sds", "csd"]
+    assert all(r["done"] == 1 == r["runs"] for r in league["methods"])
+    for run in league["runs"]:
+        assert 0 <= run["silhouette_iou"] <= 1 and 0 <= run["mesh_volumetric_iou"] <= 1 and run["chamfer"] > 0
+        assert run["s_per_step"] > 0 and run["s_to_glb"] > 0 and run["janus"] is None  # a cube has no front
+        assert (out / run["name"] / "eval.json").is_file()
+    md = doc.read_text()
+    assert "| sds | 1/1 |" in md and "| csd | 1/1 |" in md and "](league_contact_sheet.png)" in md
+    assert (doc.parent / "league_contact_sheet.png").stat().st_size > 0
+    evals = {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")}
+
+    code, text = _league(monkeypatch, capsys, grid, *TINY, "--out", out)  # again: nothing to run or re-score
+    assert code == 0, text
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")} == evals
+    items = json.loads((out / "manifest.json").read_text())["items"]
+    assert all(i["status"] == "done" and i["attempts"] == 1 for i in items)
