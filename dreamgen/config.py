@@ -320,8 +320,9 @@ def _auto_source(layers: list[Layer]) -> str:
 
 def embedded_prior_for(prompt: str) -> str:
     """The embedded prior's guidance for a prompt: ``shapes`` (v1, the better text-only teacher: docs/league.md)
-    for the objects its weights know, ``shapes64`` (v2) for the objects only v2 knows. A prompt that is no world
-    caption gets ``shapes``, whose check then names the unknown word."""
+    for the objects its weights know, else ``shapes-cam`` (v2 told each render's camera: the tv without the Janus
+    artefact that text-only v2 gives it, docs/janus.md). A prompt that is no world caption gets ``shapes``, whose
+    check then names the unknown word."""
     from dreamgen.errors import PromptError
     from dreamgen.prior.io import load_spec
     from dreamgen.world.captions import parse_caption
@@ -330,7 +331,7 @@ def embedded_prior_for(prompt: str) -> str:
         shape = parse_caption(prompt)[1]
     except PromptError:
         return "shapes"
-    return "shapes" if shape in load_spec("v1").shapes else "shapes64"
+    return "shapes" if shape in load_spec("v1").shapes else "shapes-cam"
 
 
 def resolve_auto_guidance(source: str, device: str, prompt: str = "") -> tuple[str, str]:

@@ -124,7 +124,7 @@ def test_auto_resolves_when_composed(monkeypatch):
     cfg = compose_new()
     assert cfg.cfg.guidance.name == "shapes" and "no CUDA" in cfg.sources["guidance.name"]
     tv = compose_new(None, ["prompt=a cyan tv"])  # an object only the v2 weights know
-    assert tv.cfg.guidance.name == "shapes64" and list(tv.cfg.camera.resolution) == [64]
+    assert tv.cfg.guidance.name == "shapes-cam" and list(tv.cfg.camera.resolution) == [64]
     monkeypatch.setattr(config_module, "resolve_auto_guidance",
                         lambda source, device, prompt: ("stable-diffusion", f"CUDA available and {source} found"))
     cfg = compose_new(None, ["guidance.pretrained=/some/sd"])
