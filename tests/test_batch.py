@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_helpers import run_cli
 
 from dreamgen.testing import SMALL_RUN
 from dreamgen.batch import runner
 from dreamgen.batch.inputs import BatchInputError, read_batch_file
 from dreamgen.batch.manifest import Manifest
 from dreamgen.batch.runner import make_job
-from dreamgen.cli import main
 from dreamgen.config import load_config
 from dreamgen.errors import DreamgenError
 
@@ -34,13 +34,7 @@ def _write(path: Path, text: str) -> Path:
 
 
 def _cli(monkeypatch, capsys, *args) -> tuple[int, str, str]:
-    monkeypatch.setattr(sys, "argv", ["dreamgen", "batch", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    out = capsys.readouterr()
+    code, out = run_cli(monkeypatch, capsys, "batch", *args)
     return code, out.out, out.err
 
 

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli as _cli
 import trimesh
 
 from dreamgen.cli import main
@@ -16,16 +17,6 @@ from dreamgen.testing import SMALL_RUN
 
 TINY = [*SMALL_RUN, "renderer.num_samples=12", "trainer.preview_every=5", "export.resolution=32",
         "trainer.checkpoint_every=5", "export.texture_size=64", "export.turntable_frames=4"]
-
-
-def _cli(monkeypatch, capsys, *args):
-    monkeypatch.setattr(sys, "argv", ["dreamgen", *args])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr()
 
 
 @pytest.mark.parametrize("args,expected,code", [

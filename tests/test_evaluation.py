@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from cli_helpers import run_cli
 from export_helpers import PEAK, WorldObject, fake_run
 
-from dreamgen.cli import main
 from dreamgen.config import load_config
 from dreamgen.errors import ConfigError, PromptError
 from dreamgen.evaluation.league import grid_names, load_grid
@@ -81,13 +80,8 @@ TINY = [*SMALL_RUN, "trainer.steps=3", "renderer.num_samples=12", "export.resolu
 
 
 def _league(monkeypatch, capsys, *args) -> tuple[int, str]:
-    monkeypatch.setattr(sys, "argv", ["dreamgen", "league", *map(str, args)])
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    return code, capsys.readouterr().out
+    code, out = run_cli(monkeypatch, capsys, "league", *args)
+    return code, out.out + out.err
 
 
 def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
