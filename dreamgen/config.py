@@ -360,16 +360,17 @@ def family(guidance_name: str) -> str:
 def system_layers(guidance_name: str, loss_name: str) -> list[Layer]:
     """base, the family's profile (and the guidance's overlay on it) and, if there is one, the loss's recipe in that
     family."""
+    def required(rel: str) -> DictConfig:
+        data = _packaged(rel)
+        if data is None:
+            raise ConfigError(f"the installed dreamgen lacks its config file dreamgen/configs/{rel}; reinstall it")
+        return data
+
     fam = family(guidance_name)
-    base = _packaged("base.yaml")
-    profile = _packaged(f"profiles/{fam}.yaml")
-    if base is None or profile is None:
-        missing = "base.yaml" if base is None else f"profiles/{fam}.yaml"
-        raise ConfigError(f"the installed dreamgen lacks its config file dreamgen/configs/{missing}; reinstall it")
-    layers = [Layer("base", base), Layer(f"profile {fam}", profile)]
+    layers = [Layer("base", required("base.yaml")), Layer(f"profile {fam}", required(f"profiles/{fam}.yaml"))]
     overlay = registry.lookup("guidance", guidance_name).meta.get("overlay")
     if overlay is not None:
-        layers.append(Layer(f"profile {overlay}", _packaged(f"profiles/{overlay}.yaml")))
+        layers.append(Layer(f"profile {overlay}", required(f"profiles/{overlay}.yaml")))
     recipe = _packaged(f"recipes/{fam}/{loss_name}.yaml")
     if recipe is not None:
         layers.append(Layer(f"recipe {fam}/{loss_name}", recipe))

@@ -193,3 +193,12 @@ def test_layers_compose_in_order():
     composed = compose_layers(layers)
     assert composed.cfg.seed == 2 and composed.cfg.trainer.steps == 5
     assert composed.sources["seed"] == "two" and composed.sources["trainer.steps"] == "one"
+
+
+@pytest.mark.parametrize("missing, guidance", [("base.yaml", "shapes"), ("profiles/prior.yaml", "shapes"),
+                                               ("profiles/prior-64px.yaml", "shapes-cam")])
+def test_a_missing_packaged_layer_is_an_error_not_a_silent_default(monkeypatch, missing, guidance):
+    real = config_module._packaged
+    monkeypatch.setattr(config_module, "_packaged", lambda rel: None if rel == missing else real(rel))
+    with pytest.raises(ConfigError, match=f"lacks its config file dreamgen/configs/{missing}; reinstall it"):
+        load_config(None, [], **{"guidance.name": guidance})
