@@ -11,13 +11,15 @@ import fast_simplification
 import numpy as np
 import torch
 import trimesh
+from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from dreamgen.errors import ConfigError, DreamgenError
 from dreamgen.export.asset import ORIGINS
 from dreamgen.export.cleanup import clean_lattice, fill_holes, taubin_smooth
 from dreamgen.geometry.base import DensityField, SurfaceField, field_device
-from dreamgen.geometry.isosurface import (THRESHOLD_RULES, auto_threshold, chunks, density_grid, isosurface,
-                                          query)
+from dreamgen.geometry.isosurface import (THRESHOLD_RULES, auto_threshold, chunks, density_grid, inside_mesh,
+                                          isosurface, query)
 
 FORMATS = ("glb", "obj")
 
@@ -37,7 +39,8 @@ class ExportConfig:
     # 0 = off): opening removes drips, spikes and fins thinner than about twice its radius; closing fills tunnels,
     # rings and cracks narrower than twice its radius, and hollows behind mouths narrower than four times it. At
     # that scale they are optimisation noise, not shape. The defaults are 2 and 1.5 lattice cells at resolution
-    # 128, measured on the world's six objects (docs/export.md). Density fields only (surface fields have no lattice).
+    # 128, measured on the world's six objects (docs/export.md). A surface field's surface is put on the same lattice
+    # (its signed distance) for them.
     opening_radius: float = 0.03
     closing_radius: float = 0.024
     max_hole_edges: int = 64  # fill mesh holes whose boundary has at most this many edges (0 = off)
@@ -118,9 +121,16 @@ def extract_surface(geometry: DensityField | SurfaceField, cfg: ExportConfig) ->
             verts, faces = geometry.surface()
         if faces.shape[0] == 0:
             raise DreamgenError("cannot export the surface: it is empty (the SDF has no zero crossing in its grid)")
+        verts, faces = verts.float().cpu().numpy(), faces.cpu().numpy()
         # process=False: merging the coincident vertices of edges that meet at an sdf = 0 grid vertex would make
         # marching tets' closed, consistently wound surface non-manifold.
-        mesh = trimesh.Trimesh(verts.float().cpu().numpy(), faces.cpu().numpy(), process=False)
+        mesh = trimesh.Trimesh(verts, faces, process=False)
+        if cfg.opening_radius > 0 or cfg.closing_radius > 0:
+            # The density fields' lattice cleanup (drips, tunnels, floaters), on the surface's signed distance.
+            grid, spacing, origin, level = surface_lattice(verts, faces, float(geometry.radius), cfg.resolution)
+            verts, faces = isosurface(clean_lattice(grid, level, cfg.largest_component, cfg.opening_radius / spacing,
+                                                    cfg.closing_radius / spacing), spacing, origin, level)
+            mesh = trimesh.Trimesh(verts, faces, process=True)
         metadata = {}
     else:
         grid, spacing, origin = density_grid(geometry, cfg.resolution, cfg.chunk)
@@ -142,6 +152,34 @@ def extract_surface(geometry: DensityField | SurfaceField, cfg: ExportConfig) ->
     mesh = decimate(mesh, cfg.max_faces)
     mesh.metadata.update(metadata)
     return mesh
+
+
+def surface_lattice(verts: np.ndarray, faces: np.ndarray, radius: float, resolution: int
+                    ) -> tuple[np.ndarray, float, np.ndarray, float]:
+    """A closed surface (verts [V,3], faces [F,3]) as a density-like lattice over [-radius, radius]^3, for the
+    density fields' cleanup and marching cubes: ``band + d`` with d its signed distance (inside positive) clipped
+    to ±band, so the iso-level ``band`` is the surface. Returns ``(grid, spacing, origin, level)``.
+
+    Inside is the exact ray-parity test, run only in the surface's bounding box; distances only next to the
+    surface, to dense samples on it (within ~spacing/5), so edges stay where the surface puts them."""
+    spacing = 2.0 * radius / (resolution - 1)
+    origin = np.full(3, -radius, dtype=np.float64)
+    band = 2.0 * spacing
+    lo = np.clip(np.floor((verts.min(0) - origin) / spacing).astype(int) - 1, 0, resolution - 1)
+    hi = np.clip(np.ceil((verts.max(0) - origin) / spacing).astype(int) + 2, 1, resolution)
+    box = np.stack(np.meshgrid(*[np.arange(a, b) for a, b in zip(lo, hi)], indexing="ij"), -1)  # [X,Y,Z,3]
+    inside = np.zeros((resolution,) * 3, dtype=bool)
+    inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = inside_mesh(
+        verts, faces, origin + spacing * box.reshape(-1, 3)).reshape(box.shape[:3])
+    # Samples within a cell of the other side: the only ones whose distance is not beyond the band anyway.
+    near = ndimage.binary_dilation(inside, iterations=2) & ndimage.binary_dilation(~inside, iterations=2)
+    mesh = trimesh.Trimesh(verts, faces, process=False)
+    n_samples = int(np.clip(25.0 * mesh.area / spacing**2, 10_000, 2_000_000))
+    samples, _ = trimesh.sample.sample_surface(mesh, n_samples, seed=0)
+    dist, _ = cKDTree(samples).query(origin + spacing * np.argwhere(near))
+    signed = np.where(inside, band, -band)
+    signed[near] = np.where(inside[near], 1.0, -1.0) * np.minimum(dist, band)
+    return band + signed, spacing, origin, band
 
 
 def _largest_component(mesh: trimesh.Trimesh) -> trimesh.Trimesh:
