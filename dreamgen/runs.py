@@ -81,10 +81,14 @@ def to_uint8(img: torch.Tensor | np.ndarray) -> np.ndarray:
     return (np.clip(img, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
 
 
-def save_png(path: Path, img: torch.Tensor | np.ndarray) -> None:
+def png_bytes(img: torch.Tensor | np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(to_uint8(img) if img.dtype != np.uint8 else img).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def save_png(path: Path, img: torch.Tensor | np.ndarray) -> None:
+    atomic_write_bytes(path, png_bytes(img))
 
 
 def image_grid(rows: list[torch.Tensor]) -> torch.Tensor:

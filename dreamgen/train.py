@@ -36,7 +36,7 @@ from dreamgen.losses.base import LossInput
 from dreamgen.losses.core import scheduled
 from dreamgen.progress import Progress
 from dreamgen.prompts import PerpNeg, PromptSet
-from dreamgen.runs import MetricsLog, image_grid, save_png, timed
+from dreamgen.runs import MetricsLog, atomic_write_bytes, image_grid, png_bytes, timed
 from dreamgen.scene import Scene
 from dreamgen.schema import bounded
 
@@ -141,6 +141,7 @@ class Trainer:
         self.metrics: MetricsLog | None = None
         self._warned_divergence = False
         self.checkpoint_step: int | None = None  # step of the newest checkpoint written or loaded
+        self._preview: tuple[tuple[int, int], bytes] | None = None  # (step, stage) and PNG of the latest preview
         self.autocast = (torch.autocast("cuda", dtype=torch.bfloat16)
                          if self.device.type == "cuda" and cfg.trainer.mixed_precision else nullcontext())
         if self.device.type == "cuda":  # fixed shapes per resolution: let cuDNN pick its fastest convolutions
@@ -358,6 +359,12 @@ class Trainer:
 
     @torch.no_grad()
     def save_preview(self, path: Path) -> None:
+        """Orbit renders (shaded, albedo, normals per particle) as one PNG. A second preview of the same step (a
+        stage's last step, the final step) is the first one's bytes, not another render."""
+        when = (self.step, self.scene.stage_index)
+        if self._preview is not None and self._preview[0] == when:
+            atomic_write_bytes(path, self._preview[1])
+            return
         tc = self.cfg.trainer
         rows = []
         with self.random.active():
@@ -367,7 +374,9 @@ class Trainer:
                 rows += [shaded["rgb"], albedo["rgb"]]
                 if shaded.get("normal") is not None:
                     rows.append(shaded["normal"] * 0.5 + 0.5)
-        save_png(path, image_grid([r.float().cpu() for r in rows]))
+        png = png_bytes(image_grid([r.float().cpu() for r in rows]))
+        atomic_write_bytes(path, png)
+        self._preview = (when, png)
 
     # ---- checkpoints --------------------------------------------------------------------------------------------
     def save_checkpoint(self) -> None:

@@ -134,14 +134,20 @@ def test_two_stage_run_hands_off_resumes_in_fine_stage_and_exports(tiny_sd_path,
     from dreamgen.export import export_mesh
 
     fine = ["stages=[nerf,dmtet]", "fine.steps=2", "fine.resolution=16", "fine.geometry.grid_resolution=8",
-            "export.texture_size=64", "export.turntable_frames=0"]
+            "export.texture_size=64", "export.turntable_frames=0", "trainer.preview_every=3"]
     tr = _trainer(_cfg(tiny_sd_path, 3, fine), tmp_path)
-    seen = []
+    seen, rendered = [], []
     sample_t = tr.loss.core.sample_t
     tr.loss.core.sample_t = lambda n, step, total=1: seen.append(tr.loss.core.t_range(step)) or sample_t(n, step, total)
+    render_views = tr.render_views
+    tr.render_views = lambda *a, **k: rendered.append(tr.step) or render_views(*a, **k)
     tr.fit()
     assert tr.scene.stage.name == "dmtet" and tr.step == 5
-    assert (tmp_path / "previews" / "nerf.png").exists()
+    # Previews: step 3 (the NeRF's last step) rendered once for step_000003.png and nerf.png; step 5 once for final.
+    previews = tmp_path / "previews"
+    assert sorted(p.name for p in previews.iterdir()) == ["final.png", "nerf.png", "step_000003.png"]
+    assert (previews / "nerf.png").read_bytes() == (previews / "step_000003.png").read_bytes()
+    assert sorted(set(rendered)) == [3, 5] and len(rendered) == 4  # shaded + albedo per preview
     recs = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in recs] == ["nerf"] * 3 + ["dmtet"] * 2
     # The fine stage's noise range reached the loss through its input; the loss's config is untouched.
