@@ -144,8 +144,9 @@ def test_explain_names_the_layer_of_each_value(tmp_path):
         if "#" in ln:
             sources[".".join(path)] = ln.split("#")[-1].strip()
     assert sources["seed"] == "override" and sources["trainer.steps"] == "flag"
-    assert sources["trainer.checkpoint_every"] == f"config {f}" and sources["fine.steps"] == "default"
+    assert sources["trainer.checkpoint_every"] == f"config {f}" and sources["fine.steps"] == "profile prior"
     assert sources["loss.guidance_scale"] == "recipe prior/sds" and sources["geometry.grid.n_levels"] == "profile prior"
+    assert sources["fine.lr"] == "default"
     assert sources["trainer.lr"] == "default" and sources["guidance.name"].startswith("auto: no CUDA")
 
 
