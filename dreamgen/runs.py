@@ -173,7 +173,7 @@ EVAL_METRICS = ("silhouette_iou", "volumetric_iou", "colour_error", "janus", "ra
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """What a run folder records about its run, for galleries and asset metadata: ``prompt``, ``loss`` (name),
-    ``seed``, ``step`` / ``steps``, ``final_loss``, ``seconds`` (the logged step timings, summed) and ``eval`` (the
+    ``seed``, ``step`` / ``steps`` (all stages), ``final_loss``, ``seconds`` (the logged step timings, summed) and ``eval`` (the
     main metrics of ``eval.json``, after ``dreamgen eval``). What the folder lacks is None."""
     import yaml
 
@@ -183,12 +183,16 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     records = MetricsLog(metrics_path).read()
     evaluated = json.loads(eval_path.read_text()) if eval_path.exists() else None
     last = records[-1] if records else {}
+    # The first stage runs trainer.steps, the surface stage after it fine.steps.
+    steps = (cfg.get("trainer") or {}).get("steps")
+    if steps is not None and len(cfg.get("stages") or ["nerf"]) > 1:
+        steps += (cfg.get("fine") or {}).get("steps") or 0
     return {
         "prompt": cfg.get("prompt"),
         "loss": (cfg.get("loss") or {}).get("name"),
         "seed": cfg.get("seed"),
         "step": last.get("step"),
-        "steps": (cfg.get("trainer") or {}).get("steps"),
+        "steps": steps,
         "final_loss": last.get("loss"),
         "seconds": sum(v for r in records for k, v in r.items() if k.startswith("time_")) if records else None,
         "eval": {k: evaluated.get(k) for k in EVAL_METRICS} if evaluated is not None else None,

@@ -58,6 +58,15 @@ def test_run_folder_card_shows_the_run(tmp_path: Path):
     assert (run / MODEL_VIEWER_JS).read_bytes() == files("dreamgen").joinpath("viewer", MODEL_VIEWER_JS).read_bytes()
 
 
+def test_a_two_stage_run_counts_the_steps_of_both(tmp_path: Path):
+    run = make_run(tmp_path / "a-red-cube-20261130", "a red cube")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "stages": ["nerf", "dmtet"], "trainer": {"steps": 2},
+                                                     "fine": {"steps": 1}}))
+    (card,) = cards_html(write_gallery(run))
+    assert "<th>steps</th><td>3/3</td>" in card
+
+
 def test_batch_folder_follows_the_manifest(tmp_path: Path):
     make_run(tmp_path / "b" / "cube", "a red cube")
     make_run(tmp_path / "b" / "ring", "a blue torus <i>", evaluation={"volumetric_iou": 0.5})
