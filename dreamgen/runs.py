@@ -173,8 +173,8 @@ EVAL_METRICS = ("silhouette_iou", "volumetric_iou", "colour_error", "janus", "ra
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """What a run folder records about its run, for galleries and asset metadata: ``prompt``, ``loss`` (name),
-    ``seed``, ``step`` / ``steps`` (all stages), ``final_loss``, ``seconds`` (the logged step timings, summed) and ``eval`` (the
-    main metrics of ``eval.json``, after ``dreamgen eval``). What the folder lacks is None."""
+    ``seed``, ``step`` / ``steps`` (all stages), ``final_loss``, ``seconds`` (the logged step timings, summed) and
+    ``eval`` (the main metrics of ``eval.json``, after ``dreamgen eval``). What the folder lacks is None."""
     import yaml
 
     run_dir = Path(run_dir)

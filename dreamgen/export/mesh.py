@@ -171,7 +171,7 @@ def surface_lattice(verts: np.ndarray, faces: np.ndarray, radius: float, resolut
     inside = np.zeros((resolution,) * 3, dtype=bool)
     inside[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] = inside_mesh(
         verts, faces, origin + spacing * box.reshape(-1, 3)).reshape(box.shape[:3])
-    # Samples within a cell of the other side: the only ones whose distance is not beyond the band anyway.
+    # Samples within two cells of the other side: the only ones whose distance can be inside the band.
     near = ndimage.binary_dilation(inside, iterations=2) & ndimage.binary_dilation(~inside, iterations=2)
     mesh = trimesh.Trimesh(verts, faces, process=False)
     n_samples = int(np.clip(25.0 * mesh.area / spacing**2, 10_000, 2_000_000))
