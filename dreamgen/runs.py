@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dreamgen.errors import RunFailure
+from dreamgen.errors import DreamgenError, RunFailure
 
 
 def write_failure(path: Path, e: OSError) -> RunFailure:
@@ -171,6 +171,17 @@ def timed(fn: Callable[[], Any], sync: bool) -> tuple[Any, float]:
 EVAL_METRICS = ("silhouette_iou", "volumetric_iou", "colour_error", "janus", "rank1")
 
 
+def _total_steps(cfg_path: Path) -> int | None:
+    """The steps of all a run's stages, as its trainer counts them; None for a config this version cannot read."""
+    from dreamgen.config import load_run_config
+    from dreamgen.scene import total_steps
+
+    try:
+        return total_steps(load_run_config(cfg_path))
+    except DreamgenError:
+        return None
+
+
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """What a run folder records about its run, for galleries and asset metadata: ``prompt``, ``loss`` (name),
     ``seed``, ``step`` / ``steps`` (all stages), ``final_loss``, ``seconds`` (the logged step timings, summed) and
@@ -183,16 +194,12 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     records = MetricsLog(metrics_path).read()
     evaluated = json.loads(eval_path.read_text()) if eval_path.exists() else None
     last = records[-1] if records else {}
-    # The first stage runs trainer.steps, the surface stage after it fine.steps.
-    steps = (cfg.get("trainer") or {}).get("steps")
-    if steps is not None and len(cfg.get("stages") or ["nerf"]) > 1:
-        steps += (cfg.get("fine") or {}).get("steps") or 0
     return {
         "prompt": cfg.get("prompt"),
         "loss": (cfg.get("loss") or {}).get("name"),
         "seed": cfg.get("seed"),
         "step": last.get("step"),
-        "steps": steps,
+        "steps": _total_steps(cfg_path) if cfg_path.exists() else None,
         "final_loss": last.get("loss"),
         "seconds": sum(v for r in records for k, v in r.items() if k.startswith("time_")) if records else None,
         "eval": {k: evaluated.get(k) for k in EVAL_METRICS} if evaluated is not None else None,

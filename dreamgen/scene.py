@@ -145,6 +145,11 @@ def make_stages(cfg) -> list[Stage]:
     return [STAGES[name](cfg) for name in cfg.stages]
 
 
+def total_steps(cfg) -> int:
+    """Optimisation steps of a run of ``cfg``, all stages."""
+    return sum(stage.steps for stage in make_stages(cfg))
+
+
 class Scene(nn.Module):
     """P geometry particles sharing one background, each with its renderer, in one stage at a time."""
 

@@ -37,7 +37,7 @@ from dreamgen.losses.core import scheduled
 from dreamgen.progress import Progress
 from dreamgen.prompts import PerpNeg, PromptSet
 from dreamgen.runs import MetricsLog, atomic_write_bytes, image_grid, png_bytes, timed
-from dreamgen.scene import Scene
+from dreamgen.scene import Scene, total_steps
 from dreamgen.schema import bounded
 
 log = logging.getLogger("dreamgen")
@@ -177,7 +177,7 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return sum(s.steps for s in self.scene.stages)
+        return total_steps(self.cfg)
 
     def stage_end(self, index: int) -> int:
         """The step at which stage ``index`` ends."""
