@@ -1,4 +1,4 @@
-"""The ``dreamgen`` command line: run, edit, export, eval, batch, config show, losses, doctor, lab2d.
+"""The ``dreamgen`` command line: run, edit, export, eval, probe, batch, config show, losses, doctor, lab2d.
 
 One grammar: ``run`` and ``batch`` take the same job flags (``--guidance --loss --config --steps --seed --out``) and
 trailing ``key=value`` overrides. Bad usage exits 2 with the usage line; bad input (config, prompt, files) prints one
@@ -204,6 +204,28 @@ def eval_run(
                f"colour error {m['colour_error']:.3f}{front}, object rank-1 {'yes' if m['rank1'] else 'NO'} "
                f"({', '.join(f'{k} {v:.2f}' for k, v in sorted(m['shape_scores'].items(), key=lambda kv: -kv[1]))})"
                f"{glb}")
+
+
+@app.command()
+def probe(
+    run_dir: Path = typer.Argument(..., help="A run folder (its newest checkpoint is probed)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Where to write the sheet (default RUN_DIR/probe.png)."),
+    azimuth: list[float] = typer.Option([0.0, 45.0, 90.0, 180.0], "--azimuth",
+                                        help="View azimuths in degrees from the front (repeat the option)."),
+    noise: list[float] = typer.Option([0.2, 0.35, 0.5, 0.7], "--t",
+                                      help="Noise levels as fractions of the guidance's timesteps (repeat)."),
+    guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="CFG scale (default: the run's)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
+) -> None:
+    """Show what the guidance asks of a run: its renders and the guided one-step denoised estimates of them."""
+    from dreamgen.evaluation.probe import probe_run, write_probe
+
+    result = probe_run(run_dir, azimuth, noise, guidance_scale, seed)
+    path = write_probe(result, out or Path(run_dir) / "probe.png")
+    pull = result.pull
+    typer.echo(f"{path}: mean |x0 - render| per t (rows) and azimuth (columns)")
+    for level, row in zip(result.noise_levels, pull.tolist()):
+        typer.echo(f"  t = {level:<5g} " + "  ".join(f"{v:.3f}" for v in row))
 
 
 @app.command()

@@ -138,3 +138,15 @@ class PromptSet:
             cond = torch.where(overhead.reshape(rv.shape), views[VIEWS.index("overhead")], cond)
             weights = weights.masked_fill(overhead[:, None], 0.0)
         return PerpNeg(cond, negatives, weights)
+
+    def for_cameras(self, guidance, cams, repeat: int = 1) -> tuple[Tensor, PerpNeg | None]:
+        """The conditional rows [repeat·B,...] of B renders, ``repeat`` times over (particle-major): view-dependent,
+        or with ``cfg.perp_neg`` Perp-Neg's azimuth-interpolated prompt with its negatives; each row with its
+        camera when the guidance is camera-aware (``guidance.condition``)."""
+        view_idx = cams.view_idx.repeat(repeat)
+        if not self.cfg.perp_neg:
+            return guidance.condition(self.cond(view_idx), cams), None
+        pn = self.perp_neg(cams.azimuth.repeat(repeat), view_idx)
+        negatives = [guidance.condition(pn.negatives[:, k], cams) for k in range(pn.negatives.shape[1])]
+        pn = PerpNeg(guidance.condition(pn.cond, cams), torch.stack(negatives, 1), pn.weights)
+        return pn.cond, pn

@@ -260,25 +260,13 @@ class Trainer:
 
     def _loss_input(self, x, rgb, outs, cams: Cameras) -> LossInput:
         P, B = len(self.particles), len(cams)
-        cond, perp_neg = self._conditions(self.prompts, cams, P)
+        cond, perp_neg = self.prompts.for_cameras(self.guidance, cams, P)
         return LossInput(
             x=x, cond=cond, uncond=self.guidance.condition(self.prompts.uncond_batch(P * B), cams), step=self.step,
             total_steps=self.total_steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
             opacity=torch.cat([o["opacity"] for o in outs]),
             points=torch.cat([o["points"] for o in outs]).detach(), n_particles=P,
             t_bounds=self.scene.stage.t_bounds(), perp_neg=perp_neg)
-
-    def _conditions(self, prompts: PromptSet, cams: Cameras, P: int) -> tuple[torch.Tensor, PerpNeg | None]:
-        """The conditional rows [P·B,...] of the renders (view-dependent, or Perp-Neg's azimuth-interpolated prompt
-        with its negatives), each with its camera when the guidance is camera-aware."""
-        g = self.guidance
-        view_idx = cams.view_idx.repeat(P)
-        if not self.cfg.prompts.perp_neg:
-            return g.condition(prompts.cond(view_idx), cams), None
-        pn = prompts.perp_neg(cams.azimuth.repeat(P), view_idx)
-        negatives = torch.stack([g.condition(pn.negatives[:, k], cams) for k in range(pn.negatives.shape[1])], 1)
-        pn = PerpNeg(g.condition(pn.cond, cams), negatives, pn.weights)
-        return pn.cond, pn
 
     @torch.no_grad()
     def _source_input(self, cams: Cameras, draws) -> tuple[torch.Tensor, torch.Tensor, PerpNeg | None]:
@@ -290,7 +278,7 @@ class Trainer:
             rgb = scene.renderers[0](cams, shading="random", train=True)["rgb"].float()
         self.random.restore(after)
         P = len(self.particles)
-        cond, perp_neg = self._conditions(prompts, cams, P)
+        cond, perp_neg = prompts.for_cameras(self.guidance, cams, P)
         return self.guidance.encode_images(rgb).repeat(P, 1, 1, 1), cond, perp_neg
 
     def _regularisers(self, outs: list[dict], step: int) -> dict[str, torch.Tensor]:
