@@ -215,12 +215,14 @@ def probe(
     noise: list[float] = typer.Option([0.2, 0.35, 0.5, 0.7], "--t",
                                       help="Noise levels as fractions of the guidance's timesteps (repeat)."),
     guidance_scale: Optional[float] = typer.Option(None, "--guidance-scale", help="CFG scale (default: the run's)."),
+    elevation: Optional[float] = typer.Option(None, "--elevation",
+                                              help="Camera elevation in degrees (default: the run's eval elevation)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the noise."),
 ) -> None:
     """Show what the guidance asks of a run: its renders and the guided one-step denoised estimates of them."""
     from dreamgen.evaluation.probe import probe_run, write_probe
 
-    result = probe_run(run_dir, azimuth, noise, guidance_scale, seed)
+    result = probe_run(run_dir, azimuth, noise, guidance_scale, elevation, seed)
     path = write_probe(result, out or Path(run_dir) / "probe.png")
     pull = result.pull
     typer.echo(f"{path}: mean |x0 - render| per t (rows) and azimuth (columns)")

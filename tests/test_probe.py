@@ -47,7 +47,7 @@ def test_the_guidance_scale_matters_and_the_noise_is_seeded(cube_run):
 def test_probe_cli_writes_a_labelled_sheet(cube_run, tmp_path, monkeypatch, capsys):
     out = tmp_path / "probe.png"
     code, cap = run_cli(monkeypatch, capsys, "probe", cube_run, "--out", out, "--azimuth", "0", "--azimuth", "90",
-                        "--azimuth", "180", "--t", "0.3", "--t", "0.6")
+                        "--azimuth", "180", "--t", "0.3", "--t", "0.6", "--elevation", "60")
     assert code == 0, cap.err
     rows = [line.split() for line in cap.out.splitlines() if line.strip().startswith("t =")]
     assert [r[2] for r in rows] == ["0.3", "0.6"] and all(len(r) == 3 + 3 for r in rows)

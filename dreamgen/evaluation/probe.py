@@ -62,8 +62,9 @@ class Probe:
 
 @torch.no_grad()
 def probe_run(run_dir: Path, azimuths: list[float], noise_levels: list[float], guidance_scale: float | None = None,
-              seed: int = 0, device: str = "auto") -> Probe:
-    """Probe the newest checkpoint of ``run_dir`` (see the module docstring); ``guidance_scale`` None: the run's."""
+              elevation: float | None = None, seed: int = 0, device: str = "auto") -> Probe:
+    """Probe the newest checkpoint of ``run_dir`` (see the module docstring); ``guidance_scale`` and ``elevation``
+    (degrees) None: the run's CFG scale and evaluation elevation."""
     for t in noise_levels:
         if not 0.0 < t < 1.0:
             raise ConfigError(f"noise level {t}: must lie strictly between 0 and 1")
@@ -74,7 +75,8 @@ def probe_run(run_dir: Path, azimuths: list[float], noise_levels: list[float], g
     core = ScoreCore(guidance, cfg.loss)
     c, n = cfg.camera, len(azimuths)
     full = lambda v: torch.full((n,), float(v))  # noqa: E731
-    cams = make_cameras(torch.tensor(azimuths, dtype=torch.float32), full(c.eval_elevation), full(c.eval_distance),
+    elevation = c.eval_elevation if elevation is None else elevation
+    cams = make_cameras(torch.tensor(azimuths, dtype=torch.float32), full(elevation), full(c.eval_distance),
                         full(c.eval_fov), scene.stage.sampler().resolution(step), c)
     rgb = scene.renderers[0](cams, shading="lambertian", train=False)["rgb"].float()
     x = guidance.encode_images(rgb)
