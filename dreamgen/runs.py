@@ -174,10 +174,10 @@ EVAL_METRICS = ("silhouette_iou", "volumetric_iou", "colour_error", "janus", "ra
 def _total_steps(cfg_path: Path) -> int | None:
     """The steps of all a run's stages, as its trainer counts them; None for a config this version cannot read."""
     from dreamgen.config import load_run_config
-    from dreamgen.scene import total_steps
+    from dreamgen.scene import make_stages, total_steps
 
     try:
-        return total_steps(load_run_config(cfg_path))
+        return total_steps(make_stages(load_run_config(cfg_path)))
     except DreamgenError:
         return None
 

@@ -145,9 +145,9 @@ def make_stages(cfg) -> list[Stage]:
     return [STAGES[name](cfg) for name in cfg.stages]
 
 
-def total_steps(cfg) -> int:
-    """Optimisation steps of a run of ``cfg``, all stages."""
-    return sum(stage.steps for stage in make_stages(cfg))
+def total_steps(stages: list[Stage]) -> int:
+    """Optimisation steps of a run through ``stages`` (e.g. ``make_stages(cfg)``), all of them."""
+    return sum(stage.steps for stage in stages)
 
 
 class Scene(nn.Module):

@@ -177,7 +177,7 @@ class Trainer:
 
     @property
     def total_steps(self) -> int:
-        return total_steps(self.cfg)
+        return total_steps(self.scene.stages)
 
     def stage_end(self, index: int) -> int:
         """The step at which stage ``index`` ends."""
