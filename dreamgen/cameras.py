@@ -122,8 +122,13 @@ def make_cameras(azimuth: Tensor, elevation: Tensor, distance: Tensor, fov: Tens
 
 
 class CameraSampler:
-    def __init__(self, cfg: CameraConfig):
+    """Random training cameras from the config's ranges; before step ``front_until`` the azimuth is drawn within
+    ``front_azimuth`` degrees of the front instead (a stage that paints the front first)."""
+
+    def __init__(self, cfg: CameraConfig, front_until: int = 0, front_azimuth: float = 0.0):
         self.cfg = cfg
+        self.front_until = front_until
+        self.front_azimuth = front_azimuth
 
     def resolution(self, step: int) -> int:
         res = self.cfg.resolution[0]
@@ -139,7 +144,8 @@ class CameraSampler:
             lo, hi = float(lo_hi[0]), float(lo_hi[1])
             return lo + (hi - lo) * torch.rand(b, generator=generator)
 
-        return make_cameras(uniform(c.azimuth), uniform(c.elevation), uniform(c.distance), uniform(c.fov),
+        azimuth = [-self.front_azimuth, self.front_azimuth] if step < self.front_until else c.azimuth
+        return make_cameras(uniform(azimuth), uniform(c.elevation), uniform(c.distance), uniform(c.fov),
                             self.resolution(step), c)
 
     def orbit(self, n_views: int, resolution: int, elevation: float | None = None) -> Cameras:

@@ -45,7 +45,7 @@ from dreamgen.errors import ConfigError
 NAMED_SECTIONS = ("guidance", "loss", "geometry")
 DEFAULT_NAMES = {"guidance": "auto", "loss": "sds", "geometry": "hashgrid-nerf"}
 TOP_LEVEL_SCALARS = ("prompt", "seed", "device", "out_dir", "stages", "source_run")
-VALID_STAGES = (["nerf"], ["nerf", "dmtet"])
+VALID_STAGES = (["nerf"], ["nerf", "dmtet"], ["nerf", "dmtet", "texture"])
 DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 MAX_PROMPT = 1000  # characters: CLIP reads 77 tokens; a longer prompt is a mistake (a file pasted by accident)
 
@@ -66,7 +66,7 @@ def _fixed_sections() -> dict[str, type]:
     from dreamgen.prompts import PromptConfig
     from dreamgen.render.background import BackgroundConfig
     from dreamgen.render.volume import RendererConfig
-    from dreamgen.scene import FineStageConfig
+    from dreamgen.scene import FineStageConfig, TextureStageConfig
     from dreamgen.train import TrainerConfig
 
     return {
@@ -76,6 +76,7 @@ def _fixed_sections() -> dict[str, type]:
         "prompts": PromptConfig,
         "trainer": TrainerConfig,
         "fine": FineStageConfig,
+        "texture": TextureStageConfig,
         "export": ExportConfig,
     }
 
@@ -97,6 +98,7 @@ class RunConfig:
     prompts: Any = None
     trainer: Any = None
     fine: Any = None
+    texture: Any = None
     export: Any = None
 
 
@@ -426,7 +428,7 @@ def _check_top_level(cfg: RunConfig) -> None:
     if isinstance(cfg.stages, str):
         cfg.stages = [cfg.stages]
     if list(cfg.stages) not in VALID_STAGES:
-        raise ConfigError(f"stages={list(cfg.stages)}: valid are [nerf] and [nerf, dmtet]")
+        raise ConfigError(f"stages={list(cfg.stages)}: valid are [nerf], [nerf, dmtet] and [nerf, dmtet, texture]")
     if not isinstance(cfg.device, str) or not DEVICE_RE.match(cfg.device):
         raise ConfigError(f"device={cfg.device!r}: must be auto, cpu, cuda or cuda:N")
 
@@ -451,6 +453,8 @@ def validate(cfg: RunConfig) -> None:
     sizes = [("camera.resolution", r) for r in cfg.camera.resolution]
     if "dmtet" in cfg.stages:
         sizes.append(("fine.resolution", cfg.fine.resolution))
+    if "texture" in cfg.stages and cfg.texture.resolution:
+        sizes.append(("texture.resolution", cfg.texture.resolution))
     for key, size in sizes:
         if size % stride:
             raise ConfigError(f"{key}={size}: {cfg.guidance.name} encodes renders to latents of stride {stride}, so "

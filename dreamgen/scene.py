@@ -1,11 +1,12 @@
 """What a run optimises, stage by stage: the 3-D particles, their renderers and the shared background.
 
-A run is a list of stages (``cfg.stages``): ``nerf`` (a density field, volume rendered) and optionally ``dmtet``
+A run is a list of stages (``cfg.stages``): ``nerf`` (a density field, volume rendered), optionally ``dmtet``
 (Magic3D's fine stage: a surface handed off from the coarse field, rasterised at a higher resolution, with a lower
-noise range). One :class:`Stage` object per stage owns everything that changes at the boundary: how its geometry is
-made (from scratch, or handed off from the previous stage's), its renderer, its parameter groups and learning rates,
-its camera sampler and its noise range. The loss's config is never rewritten: the stage's noise range reaches the
-loss with each step's input.
+noise range) and after it ``texture`` (DreamGaussian's refinement: the surface frozen, its texture refined by a loss
+of its own). One :class:`Stage` object per stage owns everything that changes at the boundary: how its geometry is
+made (from scratch, or handed off from the previous stage's), its renderer, which parameter groups it trains and at
+which learning rates, its camera sampler, its noise range and, where it has one, its own loss. The run's loss config
+is never rewritten: the stage's noise range reaches the loss with each step's input.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ from torch import nn
 
 from dreamgen import registry
 from dreamgen.cameras import CameraSampler
+from dreamgen.errors import ConfigError
 from dreamgen.geometry.dmtet import DMTetConfig, DMTetGeometry
-from dreamgen.losses.core import check_t_range
+from dreamgen.losses.core import LossConfig, check_t_range
 from dreamgen.render.background import Background
 from dreamgen.render.mesh_renderer import MeshRenderer, MeshRendererConfig
 from dreamgen.render.raster import BACKENDS
@@ -51,13 +53,45 @@ class FineStageConfig:
         check_t_range(self.t_min, self.t_max, key)
 
 
+@dataclass
+class TextureStageConfig:
+    """The texture stage of ``stages: [nerf, dmtet, texture]`` (DreamGaussian's refinement stage): the DMTet surface
+    kept as it is, its texture trained by ``loss`` at a low noise range, where a render's details survive the noise.
+    The first ``front_steps`` steps see the object from within ``front_azimuth`` degrees of its front: details the
+    prior draws view by view (a door) only line up on a rounded surface when the views agree (docs/janus.md)."""
+
+    steps: int = bounded(100, ge=1)
+    resolution: int = bounded(0, ge=0)  # 0: fine.resolution
+    lr: float = bounded(0.03, gt=0.0)  # texture tables
+    lr_net: float = bounded(0.001, gt=0.0)  # texture MLP
+    loss: str = "refine"  # a registered loss, with its own defaults but for guidance_scale and the noise range
+    guidance_scale: float = bounded(7.5, ge=0.0)
+    t_min: Any = bounded(0.05, gt=0.0, lt=1.0)
+    t_max: Any = bounded(0.3, gt=0.0, lt=1.0)
+    front_steps: int = bounded(0, ge=0)
+    front_azimuth: float = bounded(10.0, gt=0.0, le=180.0)
+    # The front phase draws new detail, so it noises more: a door is asked for at t >= 0.2 (docs/league.md, probe)
+    front_t_min: float = bounded(0.2, gt=0.0, lt=1.0)
+    front_t_max: float = bounded(0.5, gt=0.0, lt=1.0)
+
+    def check(self, key: str) -> None:
+        check_t_range(self.t_min, self.t_max, key)
+        if not self.front_t_min < self.front_t_max:
+            raise ConfigError(f"{key}.front_t_min={self.front_t_min} and {key}.front_t_max={self.front_t_max}: "
+                              "front_t_min must be below front_t_max")
+        if self.loss not in registry.entries("loss"):
+            raise ConfigError(f"{key}.loss={self.loss!r}: not a registered loss (see `dreamgen losses`)")
+
+
 class Stage:
     """One stage of a run (see the module docstring)."""
 
     name: str
+    frozen: tuple[str, ...] = ()  # parameter groups (by name) this stage does not train
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, start: int = 0):
         self.cfg = cfg
+        self.start = start  # the run's step at which this stage begins
 
     @property
     def steps(self) -> int:
@@ -77,8 +111,12 @@ class Stage:
     def sampler(self) -> CameraSampler:
         raise NotImplementedError
 
-    def t_bounds(self) -> tuple[Any, Any] | None:
-        """This stage's (t_min, t_max), numbers or schedules; None keeps the loss's own range."""
+    def t_bounds(self, step: int) -> tuple[Any, Any] | None:
+        """This stage's (t_min, t_max) at ``step``, numbers or schedules; None keeps the loss's own range."""
+        return None
+
+    def loss_config(self) -> LossConfig | None:
+        """The config of this stage's own loss; None trains with the run's loss."""
         return None
 
 
@@ -131,18 +169,63 @@ class DMTetStage(Stage):
         return self.cfg.fine.lr, self.cfg.fine.lr_net
 
     def sampler(self):
-        return CameraSampler(dataclasses.replace(self.cfg.camera, resolution=[self.cfg.fine.resolution],
-                                                 resolution_milestones=[]))
+        return CameraSampler(self.camera_config(self.cfg.fine.resolution))
 
-    def t_bounds(self):
+    def camera_config(self, resolution: int):
+        """The run's camera ranges at one fixed render resolution."""
+        return dataclasses.replace(self.cfg.camera, resolution=[resolution], resolution_milestones=[])
+
+    def t_bounds(self, step):
         return self.cfg.fine.t_min, self.cfg.fine.t_max
 
 
-STAGES: dict[str, type[Stage]] = {"nerf": NerfStage, "dmtet": DMTetStage}
+class TextureStage(DMTetStage):
+    """The DMTet surface handed on unchanged (SDF and deformation frozen), its texture refined."""
+
+    name = "texture"
+    frozen = ("geometry.sdf",)
+
+    @property
+    def steps(self) -> int:
+        return self.cfg.texture.steps
+
+    def make_geometry(self, device, previous=None):
+        geometry = previous if previous is not None else DMTetGeometry(self.geometry_config(), device=device)
+        for group in geometry.param_groups(0.0):
+            if group["name"] in self.frozen:
+                for p in group["params"]:
+                    p.requires_grad_(False)  # no gradient to compute for the surface
+        return geometry
+
+    def learning_rates(self):
+        return self.cfg.texture.lr, self.cfg.texture.lr_net
+
+    def sampler(self):
+        tex = self.cfg.texture
+        return CameraSampler(self.camera_config(tex.resolution or self.cfg.fine.resolution),
+                             front_until=self.start + tex.front_steps, front_azimuth=tex.front_azimuth)
+
+    def in_front_phase(self, step: int) -> bool:
+        return step < self.start + self.cfg.texture.front_steps
+
+    def t_bounds(self, step):
+        tex = self.cfg.texture
+        return (tex.front_t_min, tex.front_t_max) if self.in_front_phase(step) else (tex.t_min, tex.t_max)
+
+    def loss_config(self):
+        tex = self.cfg.texture
+        return registry.lookup("loss", tex.loss).config(name=tex.loss, guidance_scale=tex.guidance_scale)
+
+
+STAGES: dict[str, type[Stage]] = {"nerf": NerfStage, "dmtet": DMTetStage, "texture": TextureStage}
 
 
 def make_stages(cfg) -> list[Stage]:
-    return [STAGES[name](cfg) for name in cfg.stages]
+    stages, start = [], 0
+    for name in cfg.stages:
+        stages.append(STAGES[name](cfg, start))
+        start += stages[-1].steps
+    return stages
 
 
 def total_steps(stages: list[Stage]) -> int:
@@ -186,7 +269,7 @@ class Scene(nn.Module):
         lr, lr_net = self.stage.learning_rates()
         groups: list[dict[str, Any]] = []
         for g in self.particles:
-            groups += g.param_groups(lr, lr_net)
+            groups += [group for group in g.param_groups(lr, lr_net) if group["name"] not in self.stage.frozen]
         groups.append({"params": list(self.background.parameters()), "lr": self.cfg.trainer.lr_background,
                        "name": "background"})
         return [g for g in groups if g["params"]]

@@ -101,16 +101,21 @@ class Session:
     def resume(cls, run_dir: Path, overrides: list[str] | None = None, steps: int | None = None,
                guidance=None) -> Session:
         """Continue ``run_dir`` from its newest checkpoint. ``overrides`` (and ``steps``, i.e. trainer.steps) apply
-        from the checkpoint on; keys the checkpoint depends on (:data:`RESUME_FIXED`) are refused."""
+        from the checkpoint on; keys the checkpoint depends on (:data:`RESUME_FIXED`) are refused, but for
+        ``stages``, which may grow at the end (a finished run given a texture stage)."""
         t0 = time.perf_counter()
         run_dir = check_run_dir(run_dir)
         layer = parse_dotlist(overrides) if overrides else None
         fixed = [k for k in (_touched(layer) if layer is not None else [])
-                 if any(k == f or k.startswith(f + ".") for f in RESUME_FIXED)]
+                 if k != "stages" and any(k == f or k.startswith(f + ".") for f in RESUME_FIXED)]
         if fixed:
             raise DreamgenError(f"{fixed[0]} cannot change when resuming: the checkpoint belongs to the run's "
                                 f"{fixed[0].split('.')[0]}; start a new run instead")
         cfg = load_run_config(run_dir / "config.yaml", overrides, **{"trainer.steps": steps})
+        before = list(load_run_config(run_dir / "config.yaml").stages)
+        if list(cfg.stages[: len(before)]) != before:
+            raise DreamgenError(f"stages={list(cfg.stages)}: a resume may add stages after the run's {before}, not "
+                                "change them; start a new run instead")
         trainer = _trainer(cfg, guidance)
         trainer.attach(run_dir)
         step = trainer.load_checkpoint()

@@ -131,7 +131,8 @@ class Trainer:
         with self.random.active():
             self.prompts = PromptSet(guidance, cfg.prompt, cfg.prompts, view_prompts=self._debiased_prompts())
             self.scene = Scene(cfg, self.device)
-            self.loss = registry.lookup("loss", cfg.loss.name).cls(cfg.loss, guidance).to(self.device)
+            self.run_loss = self._make_loss(cfg.loss)
+            self.loss = self._stage_loss()
         self.camera_gen = torch.Generator().manual_seed(cfg.seed)
         self.sampler = self.scene.stage.sampler()
         self.optimizer = self._optimizer()
@@ -183,16 +184,25 @@ class Trainer:
         """The step at which stage ``index`` ends."""
         return sum(s.steps for s in self.scene.stages[: index + 1])
 
+    def _make_loss(self, loss_cfg):
+        return registry.lookup("loss", loss_cfg.name).cls(loss_cfg, self.guidance).to(self.device)
+
+    def _stage_loss(self):
+        """The current stage's own loss (the texture stage's), else the run's."""
+        loss_cfg = self.scene.stage.loss_config()
+        return self.run_loss if loss_cfg is None else self._make_loss(loss_cfg)
+
     def _optimizer(self) -> torch.optim.Adam:
         tc = self.cfg.trainer
         return torch.optim.Adam(self.scene.param_groups(), betas=tuple(tc.adam_betas), eps=tc.adam_eps)
 
     def enter_stage(self, index: int, handoff: bool = True) -> None:
-        """Switch to stage ``index``: geometry handed off (or empty, for a checkpoint to fill), its renderer, a fresh
-        optimiser at its learning rates, its camera sampler."""
+        """Switch to stage ``index``: geometry handed off (or empty, for a checkpoint to fill), its renderer, its loss,
+        a fresh optimiser at its learning rates, its camera sampler."""
         t0 = time.perf_counter()
         with self.random.active():
             self.scene.enter(index, self.device, handoff)
+            self.loss = self._stage_loss()
         self.optimizer = self._optimizer()
         self.sampler = self.scene.stage.sampler()
         if handoff:
@@ -266,7 +276,7 @@ class Trainer:
             total_steps=self.total_steps, camera=cams.flat().repeat(P, 1), prompts=self.prompts, rgb=rgb,
             opacity=torch.cat([o["opacity"] for o in outs]),
             points=torch.cat([o["points"] for o in outs]).detach(), n_particles=P,
-            t_bounds=self.scene.stage.t_bounds(), perp_neg=perp_neg)
+            t_bounds=self.scene.stage.t_bounds(self.step), perp_neg=perp_neg)
 
     @torch.no_grad()
     def _source_input(self, cams: Cameras, draws) -> tuple[torch.Tensor, torch.Tensor, PerpNeg | None]:
@@ -289,7 +299,7 @@ class Trainer:
                          ("normal_consistency_loss", fine.lambda_normal_consistency),
                          ("laplacian_loss", fine.lambda_laplacian)):
             w = scheduled(lam, step)
-            if w > 0 and key in outs[0]:
+            if w > 0 and key in outs[0] and outs[0][key].requires_grad:  # not on a frozen surface
                 reg[key] = w * sum(o[key] for o in outs) / len(outs)
         return reg
 

@@ -11,7 +11,7 @@ import torch
 
 from dreamgen.testing import SMALL_RUN
 from dreamgen.config import load_config
-from dreamgen.errors import CheckpointError, DreamgenError, NonFiniteError
+from dreamgen.errors import CheckpointError, ConfigError, DreamgenError, NonFiniteError
 from dreamgen.session import Session, load_scene
 
 TINY = [*SMALL_RUN, "renderer.num_samples=12", "trainer.preview_every=0", "trainer.progress=false",
@@ -167,6 +167,70 @@ def test_two_stage_run_hands_off_resumes_in_fine_stage_and_exports(tiny_sd_path,
 
     mesh = trimesh.load(paths["glb"], force="mesh")
     assert len(mesh.faces) > 0 and mesh.visual.kind == "texture"
+
+
+def test_texture_stage_keeps_the_surface_trains_the_texture_with_its_own_loss_and_resumes(tiny_sd_path, tmp_path):
+    """stages=[nerf,dmtet,texture]: the surface (SDF, deformation) is the DMTet stage's, bit for bit; the texture
+    moves; the stage's loss is texture.loss (refine) with its ω and noise range; its first front_steps cameras look
+    at the front; a resume in the stage continues it exactly."""
+    stages = ["stages=[nerf,dmtet,texture]", "fine.steps=1", "fine.resolution=16", "fine.geometry.grid_resolution=8",
+              "texture.steps=3", "texture.front_steps=2", "texture.front_azimuth=5", "texture.guidance_scale=3",
+              "texture.front_t_min=0.3", "texture.front_t_max=0.4", "texture.t_min=0.1", "texture.t_max=0.2",
+              "fine.lambda_normal_consistency=10"]
+    tr = _trainer(_cfg(tiny_sd_path, 2, stages), tmp_path)
+    while tr.scene.stage.name != "texture":
+        tr.train_step() if tr.step < tr.stage_end(tr.scene.stage_index) else tr.enter_stage(tr.scene.stage_index + 1)
+    surface = [p.detach().clone() for p in (tr.geometry.sdf, tr.geometry.deform)]
+    texture = torch.cat([p.detach().flatten() for p in tr.geometry.encoding.parameters()]).clone()
+    assert tr.loss is not tr.run_loss and tr.loss.cfg.name == "refine" and tr.loss.cfg.guidance_scale == 3.0
+    assert {g["name"] for g in tr.optimizer.param_groups} == {"geometry.grid", "geometry.net", "background"}
+    azimuths, t_seen = [], []
+    sample = tr.sampler.sample
+    tr.sampler.sample = lambda step, generator=None: (azimuths.append(c := sample(step, generator)) or c)
+    sample_t = tr.loss.core.sample_t
+    tr.loss.core.sample_t = lambda n, step, total=1: t_seen.append(tr.loss.core.t_range(step)) or sample_t(n, step,
+                                                                                                           total)
+    records = [tr.train_step() for _ in range(2)]
+    assert len(azimuths) == 2 and all(float(c.azimuth.abs().max()) <= 5.0 for c in azimuths)
+    assert t_seen == [(300, 400)] * 2  # the front phase's noise range
+    assert "normal_consistency_loss" not in records[0]  # a constant on a frozen surface: not logged as a loss
+    assert all(torch.equal(a, b) for a, b in zip(surface, (tr.geometry.sdf, tr.geometry.deform)))
+    assert not torch.equal(texture, torch.cat([p.detach().flatten() for p in tr.geometry.encoding.parameters()]))
+    tr.save_checkpoint()
+    tr.train_step()
+    assert t_seen[-1] == (100, 200)
+    gen = torch.Generator().manual_seed(0)
+    assert max(float(sample(tr.step, gen).azimuth.abs()) for _ in range(20)) > 5.0  # the front phase is over
+
+    resumed = Session.resume(tmp_path).trainer
+    assert resumed.scene.stage.name == "texture" and resumed.step == 5 and resumed.loss.cfg.name == "refine"
+    resumed.train_step()
+    assert torch.equal(_params(resumed), _params(tr))
+
+
+def test_a_finished_run_resumes_into_an_added_texture_stage(tiny_sd_path, tmp_path):
+    """A resume may append stages (a finished two-stage run given a texture stage), never change the run's own."""
+    fine = ["stages=[nerf,dmtet]", "fine.steps=1", "fine.resolution=16", "fine.geometry.grid_resolution=8"]
+    tr = _trainer(_cfg(tiny_sd_path, 2, fine), tmp_path)
+    tr.fit()
+    surface = torch.cat([tr.geometry.sdf.detach().flatten(), tr.geometry.deform.detach().flatten()])
+    with pytest.raises(DreamgenError, match=r"stages=\['nerf'\]: a resume may add stages after the run's \['nerf', "):
+        Session.resume(tmp_path, ["stages=[nerf]"])
+    resumed = Session.resume(tmp_path, ["stages=[nerf,dmtet,texture]", "texture.steps=2"]).trainer
+    resumed.fit()
+    assert resumed.scene.stage.name == "texture" and resumed.step == 5
+    assert torch.equal(surface, torch.cat([resumed.geometry.sdf.detach().flatten(),
+                                           resumed.geometry.deform.detach().flatten()]))
+    assert load_scene(tmp_path)[0].stages == ["nerf", "dmtet", "texture"]
+
+
+def test_texture_stage_config_is_checked(tiny_sd_path):
+    with pytest.raises(ConfigError, match="texture.loss='nope': not a registered loss"):
+        _cfg(tiny_sd_path, 2, ["stages=[nerf,dmtet,texture]", "texture.loss=nope"])
+    with pytest.raises(ConfigError, match=r"valid are \[nerf\], \[nerf, dmtet\] and \[nerf, dmtet, texture\]"):
+        _cfg(tiny_sd_path, 2, ["stages=[nerf,texture]"])
+    with pytest.raises(ConfigError, match="texture.front_t_min=0.5 and texture.front_t_max=0.4: front_t_min must be"):
+        _cfg(tiny_sd_path, 2, ["stages=[nerf,dmtet,texture]", "texture.front_t_min=0.5", "texture.front_t_max=0.4"])
 
 
 def test_prebuilt_guidance_gives_the_same_run(tmp_path):
