@@ -69,7 +69,7 @@ class TextureStageConfig:
     t_min: Any = bounded(0.05, gt=0.0, lt=1.0)
     t_max: Any = bounded(0.3, gt=0.0, lt=1.0)
     front_steps: int = bounded(0, ge=0)
-    front_azimuth: float = bounded(10.0, gt=0.0, le=180.0)
+    front_azimuth: float = bounded(5.0, gt=0.0, le=180.0)  # ±1–5° paints a door, ±15° smears it (docs/janus.md)
     # The front phase draws new detail, so it noises more: a door is asked for at t >= 0.2 (docs/league.md, probe)
     front_t_min: float = bounded(0.2, gt=0.0, lt=1.0)
     front_t_max: float = bounded(0.5, gt=0.0, lt=1.0)
