@@ -203,14 +203,16 @@ class TextureStage(DMTetStage):
     def sampler(self):
         tex = self.cfg.texture
         return CameraSampler(self.camera_config(tex.resolution or self.cfg.fine.resolution),
-                             front_until=self.start + tex.front_steps, front_azimuth=tex.front_azimuth)
+                             front_until=self.front_end, front_azimuth=tex.front_azimuth)
 
-    def in_front_phase(self, step: int) -> bool:
-        return step < self.start + self.cfg.texture.front_steps
+    @property
+    def front_end(self) -> int:
+        """The run's step at which the front phase ends (cameras and noise range both switch there)."""
+        return self.start + self.cfg.texture.front_steps
 
     def t_bounds(self, step):
         tex = self.cfg.texture
-        return (tex.front_t_min, tex.front_t_max) if self.in_front_phase(step) else (tex.t_min, tex.t_max)
+        return (tex.front_t_min, tex.front_t_max) if step < self.front_end else (tex.t_min, tex.t_max)
 
     def loss_config(self):
         tex = self.cfg.texture

@@ -28,7 +28,7 @@ from dreamgen.train import Trainer
 log = logging.getLogger("dreamgen")
 
 # What a resume cannot change: the checkpoint's parameters, loss state and random streams belong to these.
-RESUME_FIXED = ("prompt", "seed", "out_dir", "stages", "source_run", "guidance", "loss.name", "geometry",
+RESUME_FIXED = ("prompt", "seed", "out_dir", "source_run", "guidance", "loss.name", "geometry",
                 "trainer.particles", "fine.geometry")
 
 
@@ -101,13 +101,13 @@ class Session:
     def resume(cls, run_dir: Path, overrides: list[str] | None = None, steps: int | None = None,
                guidance=None) -> Session:
         """Continue ``run_dir`` from its newest checkpoint. ``overrides`` (and ``steps``, i.e. trainer.steps) apply
-        from the checkpoint on; keys the checkpoint depends on (:data:`RESUME_FIXED`) are refused, but for
-        ``stages``, which may grow at the end (a finished run given a texture stage)."""
+        from the checkpoint on; keys the checkpoint depends on (:data:`RESUME_FIXED`) are refused; ``stages`` may
+        only grow at the end (a finished run given a texture stage)."""
         t0 = time.perf_counter()
         run_dir = check_run_dir(run_dir)
         layer = parse_dotlist(overrides) if overrides else None
         fixed = [k for k in (_touched(layer) if layer is not None else [])
-                 if k != "stages" and any(k == f or k.startswith(f + ".") for f in RESUME_FIXED)]
+                 if any(k == f or k.startswith(f + ".") for f in RESUME_FIXED)]
         if fixed:
             raise DreamgenError(f"{fixed[0]} cannot change when resuming: the checkpoint belongs to the run's "
                                 f"{fixed[0].split('.')[0]}; start a new run instead")
