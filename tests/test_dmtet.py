@@ -127,6 +127,22 @@ def test_deformation_bound_keeps_every_tet_positive():
         schema.check(DMTetConfig(deformation_scale=0.2), "geometry")
 
 
+def test_mesh_textureless_in_the_mean_albedo_gives_the_paint_no_gradient():
+    geo = sphere_geometry(8, 0.5).float()
+    cams = make_cameras(torch.tensor([30.0]), torch.tensor([15.0]), torch.tensor([2.0]), torch.tensor([40.0]), 16,
+                        CameraConfig())
+    bg = Background(BackgroundConfig(color=[0.0, 0.0, 0.0]))
+    white = MeshRenderer(geo, bg, MeshRendererConfig())(cams, shading="textureless", train=False)["rgb"]
+    out = MeshRenderer(geo, bg, MeshRendererConfig(textureless_albedo="mean"))(cams, shading="textureless",
+                                                                              train=False)["rgb"]
+    inside = white.sum(-1) > 0
+    ratio = out[inside] / white[inside]  # [P,3]: one tint for the whole image
+    assert ratio.std(0).max() < 1e-5 and (ratio[0] - 1.0).abs().max() > 1e-3
+    out.sum().backward()
+    assert all(p.grad is None or p.grad.abs().max() == 0 for p in geo.mlp.parameters())
+    assert geo.sdf.grad.abs().max() > 0
+
+
 def test_mesh_export_and_registration():
     geo = sphere_geometry(8, 0.5).float()
     assert isinstance(geo, SurfaceField) and not isinstance(geo, DensityField)

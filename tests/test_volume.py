@@ -227,6 +227,30 @@ def test_training_render_draws_shading_modes_and_is_differentiable():
         ren(cameras(2), shading="phong")
 
 
+def test_textureless_in_the_mean_albedo_tints_the_white_render_and_leaves_the_paint_without_gradient():
+    torch.manual_seed(0)
+    geo = HashGridNeRF(NeRFConfig(grid=TINY_GRID, mlp_width=8)).double()
+    with torch.no_grad():
+        geo.encoding.table.normal_(0, 0.5)
+    cams = cameras(6, azimuth=20.0, elevation=10.0, dtype=torch.float64)
+    white = renderer(geo, bg=(0.0, 0.0, 0.0), num_samples=16).double()(cams, shading="textureless", train=False)
+    albedo = renderer(geo, bg=(0.0, 0.0, 0.0), num_samples=16).double()(cams, shading="albedo", train=False)
+    mean = renderer(geo, bg=(0.0, 0.0, 0.0), num_samples=16, textureless_albedo="mean").double()
+    out = mean(cams, shading="textureless", train=False)
+    tint = albedo["rgb"].sum((1, 2)) / albedo["opacity"].sum((1, 2))  # [1,3] the opacity-weighted mean albedo
+    assert tint.std() > 0.01  # the field is not grey, so the tint is a real colour
+    torch.testing.assert_close(out["rgb"], white["rgb"] * tint[:, None, None, :])
+    # The shape is judged, the paint is not: the albedo rows of the last layer get no gradient, the density row does.
+    out["rgb"].sum().backward()
+    last = geo.mlp[-1].weight.grad  # [4, width]: density, then the albedo logits
+    assert last[1:].abs().max() == 0 and last[0].abs().max() > 1e-6
+    # A field of one colour renders as with Lambertian shading.
+    ball = ConstantBall(5.0, ball=0.7)
+    lit = renderer(ball, num_samples=32, textureless_albedo="mean")
+    torch.testing.assert_close(lit(cameras(8), shading="textureless", train=False)["rgb"],
+                               lit(cameras(8), shading="lambertian", train=False)["rgb"])
+
+
 @pytest.mark.parametrize("kind", ["solid", "mlp"])
 def test_background_shapes_and_random_colour(kind):
     dirs = torch.nn.functional.normalize(torch.randn(2, 3, 5, 3), dim=-1)

@@ -18,8 +18,8 @@ from torch import Tensor, nn
 from dreamgen.cameras import Cameras, rays
 from dreamgen.render.background import Background
 from dreamgen.render.raster import BACKENDS, rasterize
-from dreamgen.render.shading import (MODES_NEEDING_NORMALS, ShadingConfig, light_positions, resolve_shading,
-                                     shade, surface_points)
+from dreamgen.render.shading import (MODES_NEEDING_NORMALS, ShadingConfig, light_positions, mean_albedo,
+                                     resolve_shading, shade, surface_points)
 from dreamgen.schema import bounded
 
 
@@ -120,9 +120,18 @@ class MeshRenderer(nn.Module):
             light_dir = F.normalize(light_pos[batch] - points, dim=-1)
         else:
             normal, light_dir = torch.zeros_like(points), None
-        # Textureless and normal shading ignore the albedo: skip the texture field there.
-        albedo = self.geometry.albedo(points) if mode in ("albedo", "lambertian") else torch.ones_like(points)
-        colour = shade(albedo, normal if need_normals else None, light_dir, mode, c.ambient, c.diffuse)
+        tinted = mode == "textureless" and c.textureless_albedo == "mean"
+        # White textureless and normal shading ignore the albedo: skip the texture field there.
+        if mode in ("albedo", "lambertian") or tinted:
+            albedo = self.geometry.albedo(points)  # [N,3]
+        else:
+            albedo = torch.ones_like(points)
+        if tinted:  # one albedo per image: the mean of its fragments', detached, so only the shape is judged
+            albedo_sum = albedo.new_zeros(B, 3).index_add_(0, batch, albedo)
+            count = albedo.new_zeros(B, 1).index_add_(0, batch, albedo.new_ones(len(batch), 1))
+            albedo = mean_albedo(albedo_sum, count)[batch]
+        colour = shade(albedo, normal if need_normals else None, light_dir, "lambertian" if tinted else mode,
+                       c.ambient, c.diffuse)
         coverage = frags.coverage[..., None]  # [B,H,W,1]
         distance = (points - cams.c2w[batch, :3, 3]).norm(dim=-1, keepdim=True)  # [N,1] along the unit ray
         depth = frags.to_image(distance) * coverage

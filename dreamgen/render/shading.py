@@ -3,7 +3,9 @@
 Modes (one per rendered batch):
 - ``albedo``: the albedo alone (no normals needed);
 - ``lambertian``: the formula above;
-- ``textureless``: the same with a white albedo, so the prior judges the shape alone;
+- ``textureless``: the same with one albedo for the whole object, so the prior judges the shape alone: white, or
+  (``textureless_albedo: mean``) the object's own mean albedo in that image, held fixed (no gradient) — for a prior
+  that has never seen white objects, and for shapes like the torus's hole that paint could otherwise fake;
 - ``normal``: (n + 1)/2, for previews.
 In training the mode is drawn with ``albedo_only_prob`` / ``textureless_prob`` (rest lambertian), and the light is
 placed along the camera direction (jittered) at a random distance, as in DreamFusion/threestudio.
@@ -87,6 +89,8 @@ class ShadingConfig:
     light_perturb: float = bounded(1.0, ge=0.0)  # std of the jitter added to the camera direction before normalising
     light_tilt: float = bounded(0.0, ge=-100.0, le=100.0)  # the light's base direction: the camera's tilted up by
     # atan(light_tilt)
+    # textureless in white, or in each image's mean albedo (detached: the paint gets no gradient from those renders)
+    textureless_albedo: str = bounded("white", choices=("white", "mean"))
 
     def check(self, key: str) -> None:
         if self.albedo_only_prob + self.textureless_prob > 1.0:
@@ -104,6 +108,13 @@ def resolve_shading(shading: str, train: bool, cfg: ShadingConfig) -> str:
     if shading in SHADING_MODES:
         return shading
     raise ValueError(f"unknown shading {shading!r}; valid: random, {', '.join(SHADING_MODES)}")
+
+
+def mean_albedo(albedo_sum: Tensor, weight_sum: Tensor) -> Tensor:
+    """Per-image sums of weighted albedo [B,3] and of the weights [B,1] -> the detached mean albedo [B,3] (white
+    where an image holds nothing), the tint of ``textureless_albedo: mean``."""
+    mean = albedo_sum / weight_sum.clamp_min(1e-6)
+    return torch.where(weight_sum > 1e-6, mean, torch.ones_like(mean)).detach()
 
 
 def light_positions(cam_pos: Tensor, cfg: ShadingConfig, train: bool) -> Tensor:

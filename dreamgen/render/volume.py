@@ -26,8 +26,8 @@ from torch.utils.checkpoint import checkpoint
 
 from dreamgen.cameras import Cameras, rays
 from dreamgen.render.background import Background
-from dreamgen.render.shading import (MODES_NEEDING_NORMALS, ShadingConfig, light_positions, resolve_shading,
-                                     shade, surface_points)
+from dreamgen.render.shading import (MODES_NEEDING_NORMALS, ShadingConfig, light_positions, mean_albedo,
+                                     resolve_shading, shade, surface_points)
 from dreamgen.schema import bounded
 
 
@@ -167,7 +167,11 @@ class VolumeRenderer(nn.Module):
         opacity = out["opacity"].reshape(B, H, W, 1)
         depth = out["depth"].reshape(B, H, W, 1)
         bg = self.background(dirs, train=train)  # [B,H,W,3]
-        rgb = out["rgb"].reshape(B, H, W, 3) + (1.0 - opacity) * bg
+        rgb = out["rgb"].reshape(B, H, W, 3)
+        if "albedo" in out:  # textureless in the object's mean albedo: Σ w·(c·light) = c·Σ w·light, c per image
+            tint = mean_albedo(out["albedo"].reshape(B, -1, 3).sum(1), opacity.reshape(B, -1, 1).sum(1))
+            rgb = rgb * tint[:, None, None, :]
+        rgb = rgb + (1.0 - opacity) * bg
         eps = 1e-5
         op = opacity.clamp(eps, 1.0 - eps)
         return {
@@ -182,9 +186,14 @@ class VolumeRenderer(nn.Module):
             "shading": mode,
         }
 
+    def _tinted(self, mode: str) -> bool:
+        """Textureless in the object's mean albedo: the rays also composite their albedo, for the image's tint."""
+        return mode == "textureless" and self.cfg.textureless_albedo == "mean"
+
     def _shade_samples(self, points: Tensor, dirs: Tensor, light_pos: Tensor, mode: str
-                       ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Flat samples points, ray dirs, light positions [M,3] -> σ [M], colour [M,3], normal [M,3], orient [M]."""
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        """Flat samples points, ray dirs, light positions [M,3] -> σ [M], colour [M,3], normal [M,3], orient [M],
+        albedo [M,3]."""
         need_normals = mode in MODES_NEEDING_NORMALS
         f = self.geometry(points, with_normal=need_normals)
         normal = f["normal"] if need_normals else torch.zeros_like(points)
@@ -192,7 +201,7 @@ class VolumeRenderer(nn.Module):
         colour = shade(f["albedo"], normal if need_normals else None, light_dir, mode, self.cfg.ambient,
                        self.cfg.diffuse)
         orient = (normal * dirs).sum(-1).clamp_min(0.0).square()  # normals facing away from the camera
-        return f["density"], colour, normal, orient
+        return f["density"], colour, normal, orient, f["albedo"]
 
     def _render_rays(self, o: Tensor, d: Tensor, light_pos: Tensor, mode: str, train: bool) -> dict[str, Tensor]:
         """o, d, light_pos [R,3] -> rgb [R,3] (no background), opacity [R,1], depth [R,1], normal [R,3], orient [R]."""
@@ -213,7 +222,7 @@ class VolumeRenderer(nn.Module):
             valid = valid & self.empty_space.occupied(points)
         flat = valid.reshape(-1).nonzero().squeeze(-1)  # [M] sample ids
         ray_of = flat // S
-        sigma_m, colour_m, normal_m, orient_m = self._shade_samples(
+        sigma_m, colour_m, normal_m, orient_m, albedo_m = self._shade_samples(
             points.reshape(-1, 3)[flat], d[ray_of], light_pos[ray_of], mode)
         # Scatter back to [R,S]; skipped samples keep σ = 0 and contribute nothing.
         sigmas = _scatter_rows(sigma_m[:, None], flat, R * S).reshape(R, S)
@@ -222,13 +231,17 @@ class VolumeRenderer(nn.Module):
         orient = _scatter_rows(orient_m[:, None], flat, R * S).reshape(R, S)
 
         weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas)  # [R,S]
-        return {
+        out = {
             "rgb": nerfacc.accumulate_along_rays(weights, colour),
             "opacity": nerfacc.accumulate_along_rays(weights, None),
             "depth": nerfacc.accumulate_along_rays(weights, t[..., None]),
             "normal": nerfacc.accumulate_along_rays(weights, normal),
             "orient": (weights.detach() * orient).sum(-1),
         }
+        if self._tinted(mode):
+            albedo = _scatter_rows(albedo_m, flat, R * S).reshape(R, S, 3)
+            out["albedo"] = nerfacc.accumulate_along_rays(weights, albedo)
+        return out
 
     def _render_rays_nerfacc(self, o: Tensor, d: Tensor, light_pos: Tensor, mode: str, train: bool,
                              near: Tensor, far: Tensor) -> dict[str, Tensor]:
@@ -242,14 +255,14 @@ class VolumeRenderer(nn.Module):
             o, d, sigma_fn=sigma_fn, t_min=near, t_max=far, render_step_size=self.step_size,
             stratified=train and self.cfg.stratified, alpha_thre=0.0)
         t = (t_starts + t_ends) * 0.5  # [M]
-        sigmas, colour, normal, orient = self._shade_samples(o[ray_idx] + d[ray_idx] * t[:, None], d[ray_idx],
-                                                             light_pos[ray_idx], mode)
+        sigmas, colour, normal, orient, albedo = self._shade_samples(
+            o[ray_idx] + d[ray_idx] * t[:, None], d[ray_idx], light_pos[ray_idx], mode)
         weights, _, _ = nerfacc.render_weight_from_density(t_starts, t_ends, sigmas, ray_indices=ray_idx, n_rays=R)
 
         def acc(values: Tensor | None) -> Tensor:
             return nerfacc.accumulate_along_rays(weights, values, ray_indices=ray_idx, n_rays=R)
 
-        return {
+        out = {
             "rgb": acc(colour),
             "opacity": acc(None),
             "depth": acc(t[:, None]),
@@ -257,6 +270,9 @@ class VolumeRenderer(nn.Module):
             "orient": nerfacc.accumulate_along_rays(weights.detach(), orient[:, None], ray_indices=ray_idx,
                                                     n_rays=R)[:, 0],
         }
+        if self._tinted(mode):
+            out["albedo"] = acc(albedo)
+        return out
 
 
 def _scatter_rows(values: Tensor, rows: Tensor, n_rows: int) -> Tensor:
