@@ -143,6 +143,20 @@ def test_mesh_textureless_in_the_mean_albedo_gives_the_paint_no_gradient():
     assert geo.sdf.grad.abs().max() > 0
 
 
+def test_a_frozen_surface_is_meshed_once_until_it_changes():
+    geo = sphere_geometry(8, 0.5)
+    live = geo.surface()
+    assert live[0].requires_grad and geo.surface()[0] is not live[0]  # trained: meshed every call, on the graph
+    geo.sdf.requires_grad_(False)
+    geo.deform.requires_grad_(False)
+    frozen = geo.surface()
+    assert geo.surface()[0] is frozen[0] and not frozen[0].requires_grad
+    torch.testing.assert_close(frozen[0], live[0].detach())
+    with torch.no_grad():
+        geo.sdf.sub_(0.1)  # a larger sphere: meshed again
+    assert geo.surface()[0].norm(dim=-1).mean() > frozen[0].norm(dim=-1).mean() + 0.05
+
+
 def test_mesh_export_and_registration():
     geo = sphere_geometry(8, 0.5).float()
     assert isinstance(geo, SurfaceField) and not isinstance(geo, DensityField)

@@ -153,6 +153,7 @@ class DMTetGeometry(nn.Module):
         self.encoding = make_hash_grid(cfg.grid, device)
         self.mlp = field_mlp(cfg.grid.output_dim, cfg.mlp_width, cfg.mlp_layers, 3)  # albedo logits
         self.handoff_threshold: float | None = None  # the coarse density iso-level, set by from_nerf
+        self._frozen_surface: tuple | None = None  # (parameter versions, surface) while sdf and deform are frozen
         self.to(device)
 
     @property
@@ -171,8 +172,13 @@ class DMTetGeometry(nn.Module):
 
     def surface(self) -> tuple[Tensor, Tensor]:
         """Marching tets on the current SDF: verts [Nv,3] (differentiable in sdf and deform), faces [Nf,3] long,
-        wound counter-clockwise seen from outside."""
-        return marching_tets(self.vertex_positions(), self.sdf, self.tets)
+        wound counter-clockwise seen from outside. A frozen surface (texture stage) is meshed once per change."""
+        if self.sdf.requires_grad or self.deform.requires_grad:
+            return marching_tets(self.vertex_positions(), self.sdf, self.tets)
+        key = (self.sdf._version, self.deform._version, self.bbox._version, self.sdf.device, self.sdf.dtype)
+        if self._frozen_surface is None or self._frozen_surface[0] != key:
+            self._frozen_surface = (key, marching_tets(self.vertex_positions(), self.sdf, self.tets))
+        return self._frozen_surface[1]
 
     def albedo(self, points: Tensor) -> Tensor:
         """points [N,3] -> albedo [N,3] in [0,1] (the texture field)."""

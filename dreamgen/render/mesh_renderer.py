@@ -141,8 +141,9 @@ class MeshRenderer(nn.Module):
             "depth": depth,
             "points": surface_points(origins, dirs, depth, coverage),
             "normal": frags.to_image(normal) * coverage,
-            "normal_consistency_loss": normal_consistency_loss(verts, faces),
-            "laplacian_loss": laplacian_loss(verts, faces),
+            # On a frozen surface (the texture stage) they would cost a pass over the mesh for nothing.
+            "normal_consistency_loss": normal_consistency_loss(verts, faces) if verts.requires_grad else zero,
+            "laplacian_loss": laplacian_loss(verts, faces) if verts.requires_grad else zero,
             "orient_loss": zero,
             "sparsity_loss": zero,
             "opacity_loss": zero,
