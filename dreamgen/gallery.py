@@ -97,7 +97,8 @@ def _card_html(card: Card, base: Path) -> str:
     rows = [("run", card.name)]
     if card.status:
         rows.append(("status", card.status))
-    rows += [(label, s.get(key)) for label, key in (("loss", "loss"), ("seed", "seed"))]
+    rows += [(label, s.get(key)) for label, key in (("loss", "loss"), ("texture loss", "texture_loss"),
+                                                    ("seed", "seed"))]
     if s.get("step") is not None:
         rows.append(("steps", f"{s['step']}/{s['steps']}" if s.get("steps") else s["step"]))
     rows.append(("final loss", _number(s["final_loss"]) if s.get("final_loss") is not None else None))

@@ -184,7 +184,8 @@ def _total_steps(cfg_path: Path) -> int | None:
 
 def run_summary(run_dir: Path) -> dict[str, Any]:
     """What a run folder records about its run, for galleries and asset metadata: ``prompt``, ``loss`` (name),
-    ``seed``, ``step`` / ``steps`` (all stages), ``final_loss``, ``seconds`` (the logged step timings, summed) and
+    ``texture_loss`` (the texture stage's, when the run has one), ``seed``, ``step`` / ``steps`` (all stages),
+    ``final_loss``, ``seconds`` (the logged step timings, summed) and
     ``eval`` (the main metrics of ``eval.json``, after ``dreamgen eval``). What the folder lacks is None."""
     import yaml
 
@@ -197,6 +198,8 @@ def run_summary(run_dir: Path) -> dict[str, Any]:
     return {
         "prompt": cfg.get("prompt"),
         "loss": (cfg.get("loss") or {}).get("name"),
+        "texture_loss": ((cfg.get("texture") or {}).get("loss", "refine")
+                         if "texture" in (cfg.get("stages") or []) else None),
         "seed": cfg.get("seed"),
         "step": last.get("step"),
         "steps": _total_steps(cfg_path) if cfg_path.exists() else None,

@@ -64,7 +64,16 @@ def test_a_two_stage_run_counts_the_steps_of_both(tmp_path: Path):
     (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "stages": ["nerf", "dmtet"], "trainer": {"steps": 2},
                                                      "fine": {"steps": 1}}))
     (card,) = cards_html(write_gallery(run))
-    assert "<th>steps</th><td>3/3</td>" in card
+    assert "<th>steps</th><td>3/3</td>" in card and "texture loss" not in card
+
+
+def test_a_run_with_a_texture_stage_shows_its_loss(tmp_path: Path):
+    run = make_run(tmp_path / "a-yellow-house-20261130", "a yellow house")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({**cfg, "stages": ["nerf", "dmtet", "texture"],
+                                                     "texture": {"loss": "sds", "steps": 1}}))
+    (card,) = cards_html(write_gallery(run))
+    assert "<th>loss</th><td>sds</td>" in card and "<th>texture loss</th><td>sds</td>" in card
 
 
 def test_batch_folder_follows_the_manifest(tmp_path: Path):
