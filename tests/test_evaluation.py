@@ -107,3 +107,39 @@ def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
     assert {p: p.stat().st_mtime_ns for p in out.glob("*/eval.json")} == evals
     items = json.loads((out / "manifest.json").read_text())["items"]
     assert all(i["status"] == "done" and i["attempts"] == 1 for i in items)
+
+
+# ---- the Janus rate's interval -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 2, 8, 10])
+def test_clopper_pearson_matches_its_closed_forms_and_tails(n):
+    from dreamgen.evaluation.league import _binomial_cdf, clopper_pearson
+
+    assert clopper_pearson(0, n)[0] == 0.0 and clopper_pearson(n, n)[1] == 1.0
+    assert clopper_pearson(0, n)[1] == pytest.approx(1 - 0.025 ** (1 / n), abs=1e-9)  # (1 − p)^n = α/2
+    assert clopper_pearson(n, n)[0] == pytest.approx(0.025 ** (1 / n), abs=1e-9)
+    for k in range(1, n):
+        lo, hi = clopper_pearson(k, n)
+        assert lo < k / n < hi
+        assert 1 - _binomial_cdf(k - 1, n, lo) == pytest.approx(0.025, abs=1e-9)  # P(X ≥ k | lo)
+        assert _binomial_cdf(k, n, hi) == pytest.approx(0.025, abs=1e-9)  # P(X ≤ k | hi)
+        mirror = clopper_pearson(n - k, n)
+        assert (lo, hi) == pytest.approx((1 - mirror[1], 1 - mirror[0]), abs=1e-9)
+    with pytest.raises(ValueError):
+        clopper_pearson(3, 2)
+
+
+def test_league_rows_count_janus_runs_with_their_interval(tmp_path):
+    from dreamgen.evaluation.league import Grid, Method, summarise, write_markdown
+
+    grid = Grid("g", ["a cyan tv"], list(range(4)), [Method("sds"), Method("cam")], [])
+    base = {"prompt": "a cyan tv", "status": "done", "silhouette_iou": 0.6, "volumetric_iou": 0.2,
+            "mesh_volumetric_iou": 0.2, "chamfer": 0.1, "colour_error": 0.1, "front_feature": 1.0, "rank1": False,
+            "genus_right": True, "s_per_step": 0.5, "s_to_glb": 400.0}
+    janus = [1.0, 0.75, 0.0, 0.25]  # two runs Janus (> 0.5), two not
+    runs = [{**base, "method": "sds", "name": f"sds{s}", "seed": s, "janus": j} for s, j in enumerate(janus)]
+    runs += [{**base, "method": "cam", "name": f"cam{s}", "seed": s, "janus": 0.0} for s in range(4)]
+    sds, cam = summarise(grid, runs)
+    assert sds["janus_runs"] == [2, 4] and sds["janus_rate"] == 0.5 and cam["janus_runs"] == [0, 4]
+    assert cam["janus_rate_ci95"][0] == 0 and cam["janus_rate_ci95"][1] == pytest.approx(0.6024, abs=1e-4)
+    md = write_markdown(grid, [sds, cam], runs, tmp_path / "l.md", None).read_text()
+    assert "| 0.50 (2/4; 0.07–0.93) |" in md and "| 0.00 (0/4; 0.00–0.60) |" in md

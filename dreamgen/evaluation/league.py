@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,29 @@ def _seed_spread(runs: list[dict], key: str) -> float | None:
     return statistics.fmean(spreads) if spreads else None
 
 
+def _binomial_cdf(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p**i * (1.0 - p) ** (n - i) for i in range(k + 1))
+
+
+def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) two-sided interval of a rate seen k times in n trials: the p whose binomial tails
+    P(X ≥ k) and P(X ≤ k) are (1 − level)/2 (found by bisection; 0 and 1 at the ends)."""
+    if not 0 <= k <= n or n == 0:
+        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
+    tail = (1.0 - level) / 2.0
+
+    def solve(f) -> float:  # f increasing in p on [0, 1], root by bisection
+        lo, hi = 0.0, 1.0
+        for _ in range(60):
+            mid = (lo + hi) / 2.0
+            lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
+        return (lo + hi) / 2.0
+
+    lower = 0.0 if k == 0 else solve(lambda p: (1.0 - _binomial_cdf(k - 1, n, p)) - tail)
+    upper = 1.0 if k == n else solve(lambda p: tail - _binomial_cdf(k, n, p))
+    return lower, upper
+
+
 def summarise(grid: Grid, runs: list[dict]) -> list[dict[str, Any]]:
     """One row per method: means over its finished runs, counts, the spread over seeds."""
     rows = []
@@ -147,7 +171,10 @@ def summarise(grid: Grid, runs: list[dict]) -> list[dict[str, Any]]:
             row[key] = _mean([r[key] for r in done])
         row["rank1"] = sum(bool(r["rank1"]) for r in done)
         row["genus_right"] = sum(bool(r["genus_right"]) for r in done)
-        row["janus_rate"] = _mean([r["janus"] > 0.5 for r in done if r["janus"] is not None])
+        janus = [r["janus"] > 0.5 for r in done if r["janus"] is not None]
+        row["janus_rate"] = _mean(janus)
+        row["janus_runs"] = [sum(janus), len(janus)]
+        row["janus_rate_ci95"] = list(clopper_pearson(sum(janus), len(janus))) if janus else None
         row["front_rate"] = _mean([r["front_feature"] >= 0.5 for r in done if r["front_feature"] is not None])
         row["silhouette_iou_seed_std"] = _seed_spread(done, "silhouette_iou")
         rows.append(row)
@@ -158,9 +185,18 @@ def _f(v: Any, digits: int = 2) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
+def _janus_cell(row: dict) -> str:
+    """'0.25 (2/8; 0.03–0.65)': the rate, the count and its 95 % Clopper–Pearson interval."""
+    if row["janus_rate_ci95"] is None:
+        return "–"
+    (k, n), (lo, hi) = row["janus_runs"], row["janus_rate_ci95"]
+    return f"{row['janus_rate']:.2f} ({k}/{n}; {lo:.2f}–{hi:.2f})"
+
+
 def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, sheet: Path | None) -> Path:
     head = ["method", "done", "sil. IoU (± seeds)", "vol. IoU", "mesh vol. IoU", "Chamfer", "colour err.",
-            "rank-1", "genus right", "front feature (rate ≥ 0.5)", "Janus rate", "s/step", "s to GLB"]
+            "rank-1", "genus right", "front feature (rate ≥ 0.5)", "Janus rate (runs; 95 % CI)", "s/step",
+            "s to GLB"]
     lines = [f"# dreamgen league: {grid.name}", "",
              f"{len(grid.methods)} method(s) × {len(grid.prompts)} prompt(s) × {len(grid.seeds)} seed(s); "
              f"overrides for every run: `{' '.join(grid.overrides) or 'none'}`.", "",
@@ -171,7 +207,7 @@ def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, s
             f"| {r['method']}", f"{n}/{r['runs']}",
             f"{_f(r['silhouette_iou'])} (± {_f(r['silhouette_iou_seed_std'])})", _f(r["volumetric_iou"]),
             _f(r["mesh_volumetric_iou"]), _f(r["chamfer"], 3), _f(r["colour_error"], 3), f"{r['rank1']}/{n}",
-            f"{r['genus_right']}/{n}", f"{_f(r['front_feature'])} ({_f(r['front_rate'])})", _f(r["janus_rate"]),
+            f"{r['genus_right']}/{n}", f"{_f(r['front_feature'])} ({_f(r['front_rate'])})", _janus_cell(r),
             _f(r["s_per_step"], 3),
             _f(r["s_to_glb"], 0)]) + " |")
     lines += ["", "Per run:", "", "| run | sil. IoU | vol. IoU | mesh vol. IoU | Chamfer | colour err. | rank-1 | "
