@@ -6,6 +6,7 @@ A config dataclass declares a number's range with :func:`bounded` instead of ``f
     albedo_only_prob: float = bounded(0.1, ge=0.0, le=1.0)
     resolution: list[int] = bounded(factory=lambda: [64], gt=0)     # every element
     t_max: Any = bounded(0.98, gt=0.0, lt=1.0)                       # a number or a schedule [s0, v0, v1, s1]
+                                                                     # (read at a step with scheduled())
     backend: str = bounded("auto", choices=("auto", "torch", "tcnn"))
 
 :func:`check` walks a (nested) config dataclass and raises one :class:`ConfigError` naming the key, the value and
@@ -103,3 +104,27 @@ def _show(value: Any) -> str:
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_show(v) for v in value) + "]"
     return repr(value) if isinstance(value, str) else f"{value}"
+
+
+# ---- schedules: a number, or [start_step, v0, v1, end_step] ---------------------------------------------------------
+def scheduled(value: Any, step: int) -> float:
+    """A scalar, or ``[start_step, v0, v1, end_step]`` linearly interpolated in step (constant outside)."""
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, Sequence) and len(value) == 4:
+        s0, v0, v1, s1 = (float(v) for v in value)
+        if s1 <= s0:
+            return v0 if step < s0 else v1
+        p = min(max((step - s0) / (s1 - s0), 0.0), 1.0)
+        return v0 + (v1 - v0) * p
+    raise ValueError(f"expected a number or [start_step, v0, v1, end_step], got {value!r}")
+
+
+def change_points(*values: Any, last: int = 10**6) -> list[int]:
+    """The steps at which rules relating scheduled fields must hold: 0, ``last`` and either side of every schedule's
+    start and end (between them a schedule is linear, so a linear rule holding there holds everywhere)."""
+    points = {0, last}
+    for v in values:
+        if isinstance(v, Sequence) and len(v) == 4:
+            points |= {int(v[0]), int(v[3]), int(v[0]) - 1, int(v[3]) + 1}
+    return sorted(p for p in points if p >= 0)

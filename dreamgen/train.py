@@ -240,8 +240,8 @@ class Trainer:
         # Mixed precision for the renderer only: the guidance runs in its own dtype (fp16 SD weights under a bf16
         # autocast would be cast to bf16 at every layer of every call).
         with self.autocast:
-            outs, times["render"] = timed(lambda: [r(cams, shading="random", train=True) for r in self.renderers],
-                                          sync)
+            outs, times["render"] = timed(lambda: [r(cams, shading="random", train=True, step=step)
+                                                   for r in self.renderers], sync)
         rgb = torch.cat([o["rgb"] for o in outs]).float()  # [P*B,H,W,3], particle-major
         x, times["encode"] = timed(lambda: self.guidance.encode_images(rgb), sync)
         inp = self._loss_input(x, rgb, outs, cams)
@@ -285,7 +285,7 @@ class Trainer:
         after = self.random.snapshot()
         self.random.restore(draws)
         with self.autocast:
-            rgb = scene.renderers[0](cams, shading="random", train=True)["rgb"].float()
+            rgb = scene.renderers[0](cams, shading="random", train=True, step=self.step)["rgb"].float()
         self.random.restore(after)
         P = len(self.particles)
         cond, perp_neg = prompts.for_cameras(self.guidance, cams, P)

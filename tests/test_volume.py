@@ -227,6 +227,14 @@ def test_training_render_draws_shading_modes_and_is_differentiable():
         ren(cameras(2), shading="phong")
 
 
+
+def test_shading_probabilities_follow_their_schedule_over_the_run():
+    geo = HashGridNeRF(NeRFConfig(grid=TINY_GRID))
+    ren = renderer(geo, num_samples=8, albedo_only_prob=0.0, textureless_prob=[10, 1.0, 0.0, 10])  # a shape phase
+    assert {ren(cameras(2), train=True, step=s)["shading"] for s in range(10)} == {"textureless"}
+    assert {ren(cameras(2), train=True, step=s)["shading"] for s in (10, 11, 500)} == {"lambertian"}
+
+
 def test_textureless_in_the_mean_albedo_tints_the_white_render_and_leaves_the_paint_without_gradient():
     torch.manual_seed(0)
     geo = HashGridNeRF(NeRFConfig(grid=TINY_GRID, mlp_width=8)).double()

@@ -26,7 +26,7 @@ from torch import Tensor
 from dreamgen.errors import ConfigError
 from dreamgen.guidance.base import alpha_sigma
 from dreamgen.prompts import PerpNeg
-from dreamgen.schema import bounded
+from dreamgen.schema import bounded, change_points, scheduled
 
 WEIGHTINGS = ("sds", "uniform", "fantasia3d", "sigma_ratio")
 T_SAMPLINGS = ("uniform", "sqrt_anneal")
@@ -49,30 +49,13 @@ class LossConfig:
         check_t_range(self.t_min, self.t_max, key)
 
 
-def check_t_range(t_min: Any, t_max: Any, key: str, steps: int = 10**6) -> None:
+def check_t_range(t_min: Any, t_max: Any, key: str) -> None:
     """t_min < t_max at every step where either schedule changes (both may be numbers or schedules)."""
-    points = {0, steps}
-    for v in (t_min, t_max):
-        if isinstance(v, Sequence) and len(v) == 4:
-            points |= {int(v[0]), int(v[3]), int(v[0]) - 1, int(v[3]) + 1}
-    for s in sorted(p for p in points if p >= 0):
+    for s in change_points(t_min, t_max):
         lo, hi = scheduled(t_min, s), scheduled(t_max, s)
         if not lo < hi:
             raise ConfigError(f"{key}.t_min={t_min} and {key}.t_max={t_max}: t_min must stay below t_max "
                               f"(at step {s}: {lo:g} ≥ {hi:g})")
-
-
-def scheduled(value: Any, step: int) -> float:
-    """A scalar, or ``[start_step, v0, v1, end_step]`` linearly interpolated in step (constant outside)."""
-    if isinstance(value, (int, float)):
-        return float(value)
-    if isinstance(value, Sequence) and len(value) == 4:
-        s0, v0, v1, s1 = (float(v) for v in value)
-        if s1 <= s0:
-            return v0 if step < s0 else v1
-        p = min(max((step - s0) / (s1 - s0), 0.0), 1.0)
-        return v0 + (v1 - v0) * p
-    raise ValueError(f"expected a number or [start_step, v0, v1, end_step], got {value!r}")
 
 
 def surrogate_loss(x: Tensor, g: Tensor) -> Tensor:

@@ -89,7 +89,7 @@ class MeshRenderer(nn.Module):
     def update_occupancy(self, step: int) -> None:
         """No empty space to track for a mesh; kept so the trainer treats renderers alike."""
 
-    def forward(self, cams: Cameras, shading: str = "random", train: bool = True) -> dict:
+    def forward(self, cams: Cameras, shading: str = "random", train: bool = True, step: int = 0) -> dict:
         """Render ``cams`` (shading as :meth:`VolumeRenderer.forward`).
 
         Returns rgb [B,H,W,3] over the background, opacity [B,H,W,1] (soft coverage), depth [B,H,W,1] (ray distance
@@ -98,7 +98,7 @@ class MeshRenderer(nn.Module):
         regularisers) and shading (the mode used).
         """
         c = self.cfg
-        mode = resolve_shading(shading, train, c)
+        mode = resolve_shading(shading, train, c, step)
         B, H, W = len(cams), cams.height, cams.width
         origins, dirs = rays(cams)
         bg = self.background(dirs, train=train)  # [B,H,W,3]

@@ -7,20 +7,22 @@ Modes (one per rendered batch):
   (``textureless_albedo: mean``) the object's own mean albedo in that image, held fixed (no gradient) — for a prior
   that has never seen white objects, and for shapes like the torus's hole that paint could otherwise fake;
 - ``normal``: (n + 1)/2, for previews.
-In training the mode is drawn with ``albedo_only_prob`` / ``textureless_prob`` (rest lambertian), and the light is
+In training the mode is drawn with ``albedo_only_prob`` / ``textureless_prob`` (rest lambertian; either may be a
+schedule over the run's steps, e.g. a first phase of mostly shape-only renders), and the light is
 placed along the camera direction (jittered) at a random distance, as in DreamFusion/threestudio.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from dreamgen.errors import ConfigError
-from dreamgen.schema import bounded
+from dreamgen.schema import bounded, change_points, scheduled
 
 SHADING_MODES = ("albedo", "lambertian", "textureless", "normal")
 MODES_NEEDING_NORMALS = ("lambertian", "textureless", "normal")
@@ -83,8 +85,9 @@ class ShadingConfig:
 
     ambient: float = bounded(0.1, ge=0.0)
     diffuse: float = bounded(0.9, ge=0.0)
-    albedo_only_prob: float = bounded(0.1, ge=0.0, le=1.0)  # "random" shading: P(albedo), P(textureless), else
-    textureless_prob: float = bounded(0.5, ge=0.0, le=1.0)  # lambertian
+    # "random" shading: P(albedo), P(textureless), else lambertian; each a number or a schedule [s0, p0, p1, s1]
+    albedo_only_prob: Any = bounded(0.1, ge=0.0, le=1.0)
+    textureless_prob: Any = bounded(0.5, ge=0.0, le=1.0)
     light_distance: list[float] = bounded(factory=lambda: [0.8, 1.5], gt=0.0)  # world units, from the origin
     light_perturb: float = bounded(1.0, ge=0.0)  # std of the jitter added to the camera direction before normalising
     light_tilt: float = bounded(0.0, ge=-100.0, le=100.0)  # the light's base direction: the camera's tilted up by
@@ -93,18 +96,24 @@ class ShadingConfig:
     textureless_albedo: str = bounded("white", choices=("white", "mean"))
 
     def check(self, key: str) -> None:
-        if self.albedo_only_prob + self.textureless_prob > 1.0:
-            raise ConfigError(f"{key}.albedo_only_prob + {key}.textureless_prob = "
-                              f"{self.albedo_only_prob + self.textureless_prob:g}: must be ≤ 1 (they are probabilities "
-                              "of one draw)")
+        for step in change_points(self.albedo_only_prob, self.textureless_prob):
+            total = scheduled(self.albedo_only_prob, step) + scheduled(self.textureless_prob, step)
+            if total > 1.0:
+                at = f" at step {step}" if not all(isinstance(v, (int, float)) for v in (self.albedo_only_prob,
+                                                                                      self.textureless_prob)) else ""
+                raise ConfigError(f"{key}.albedo_only_prob + {key}.textureless_prob = {total:g}{at}: must be ≤ 1 "
+                                  "(they are probabilities of one draw)")
         if len(self.light_distance) != 2 or self.light_distance[0] > self.light_distance[1]:
             raise ConfigError(f"{key}.light_distance={list(self.light_distance)}: must be a range [low, high]")
 
 
-def resolve_shading(shading: str, train: bool, cfg: ShadingConfig) -> str:
-    """``random`` draws a mode for training (``lambertian`` when not training); else a mode name is checked."""
+def resolve_shading(shading: str, train: bool, cfg: ShadingConfig, step: int = 0) -> str:
+    """``random`` draws a mode for training (``lambertian`` when not training) with the probabilities of the run's
+    ``step``; else a mode name is checked."""
     if shading == "random":
-        return sample_shading_mode(cfg.albedo_only_prob, cfg.textureless_prob) if train else "lambertian"
+        if not train:
+            return "lambertian"
+        return sample_shading_mode(scheduled(cfg.albedo_only_prob, step), scheduled(cfg.textureless_prob, step))
     if shading in SHADING_MODES:
         return shading
     raise ValueError(f"unknown shading {shading!r}; valid: random, {', '.join(SHADING_MODES)}")

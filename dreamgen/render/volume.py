@@ -139,10 +139,10 @@ class VolumeRenderer(nn.Module):
         elif step % every == 0:
             self.empty_space.update(self.geometry.density, dt)
 
-    def forward(self, cams: Cameras, shading: str = "random", train: bool = True) -> dict:
+    def forward(self, cams: Cameras, shading: str = "random", train: bool = True, step: int = 0) -> dict:
         """Render ``cams``.
 
-        shading: ``random`` (training draw; ``lambertian`` when not training) or one of
+        shading: ``random`` (training draw at the run's ``step``; ``lambertian`` when not training) or one of
         ``albedo | lambertian | textureless | normal``.
         Returns rgb [B,H,W,3] (over the background), opacity [B,H,W,1], depth [B,H,W,1] (Σ w·t, not divided by
         opacity), points [B,H,W,3] (the expected surface point, see :func:`surface_points`), normal [B,H,W,3] (Σ w·n; zeros in albedo mode), orient_loss (mean over rays of
@@ -150,7 +150,7 @@ class VolumeRenderer(nn.Module):
         opacity_loss (mean binary entropy of the opacity, pushes pixels to 0 or 1), shading (the mode used).
         """
         c = self.cfg
-        mode = resolve_shading(shading, train, c)
+        mode = resolve_shading(shading, train, c, step)
         origins, dirs = rays(cams)  # [B,H,W,3]
         B, H, W = len(cams), cams.height, cams.width
         light_pos = light_positions(cams.c2w[:, :3, 3], c, train)  # [B,3]
