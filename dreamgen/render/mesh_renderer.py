@@ -122,16 +122,12 @@ class MeshRenderer(nn.Module):
             normal, light_dir = torch.zeros_like(points), None
         tinted = mode == "textureless" and c.textureless_albedo == "mean"
         # White textureless and normal shading ignore the albedo: skip the texture field there.
-        if mode in ("albedo", "lambertian") or tinted:
-            albedo = self.geometry.albedo(points)  # [N,3]
-        else:
-            albedo = torch.ones_like(points)
-        if tinted:  # one albedo per image: the mean of its fragments', detached, so only the shape is judged
-            albedo_sum = albedo.new_zeros(B, 3).index_add_(0, batch, albedo)
-            count = albedo.new_zeros(B, 1).index_add_(0, batch, albedo.new_ones(len(batch), 1))
-            albedo = mean_albedo(albedo_sum, count)[batch]
-        colour = shade(albedo, normal if need_normals else None, light_dir, "lambertian" if tinted else mode,
-                       c.ambient, c.diffuse)
+        albedo = (self.geometry.albedo(points) if mode in ("albedo", "lambertian") or tinted
+                  else torch.ones_like(points))  # [N,3]
+        colour = shade(albedo, normal if need_normals else None, light_dir, mode, c.ambient, c.diffuse)
+        if tinted:  # one albedo per image, the mean of its fragments' (detached): only the shape is judged
+            count = torch.bincount(batch, minlength=B).to(albedo)[:, None]  # [B,1]
+            colour = colour * mean_albedo(albedo.new_zeros(B, 3).index_add_(0, batch, albedo), count)[batch]
         coverage = frags.coverage[..., None]  # [B,H,W,1]
         distance = (points - cams.c2w[batch, :3, 3]).norm(dim=-1, keepdim=True)  # [N,1] along the unit ray
         depth = frags.to_image(distance) * coverage

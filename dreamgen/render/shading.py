@@ -99,8 +99,8 @@ class ShadingConfig:
         for step in change_points(self.albedo_only_prob, self.textureless_prob):
             total = scheduled(self.albedo_only_prob, step) + scheduled(self.textureless_prob, step)
             if total > 1.0:
-                at = f" at step {step}" if not all(isinstance(v, (int, float)) for v in (self.albedo_only_prob,
-                                                                                      self.textureless_prob)) else ""
+                constant = all(isinstance(v, (int, float)) for v in (self.albedo_only_prob, self.textureless_prob))
+                at = "" if constant else f" at step {step}"
                 raise ConfigError(f"{key}.albedo_only_prob + {key}.textureless_prob = {total:g}{at}: must be ≤ 1 "
                                   "(they are probabilities of one draw)")
         if len(self.light_distance) != 2 or self.light_distance[0] > self.light_distance[1]:
