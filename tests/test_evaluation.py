@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -111,21 +112,31 @@ def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
 
 # ---- the Janus rate's interval -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 2, 8, 10])
-def test_clopper_pearson_matches_its_closed_forms_and_tails(n):
-    from dreamgen.evaluation.league import _binomial_cdf, clopper_pearson
+def test_janus_interval_matches_its_closed_forms_and_tails(n):
+    from scipy.stats import binom
 
-    assert clopper_pearson(0, n)[0] == 0.0 and clopper_pearson(n, n)[1] == 1.0
-    assert clopper_pearson(0, n)[1] == pytest.approx(1 - 0.025 ** (1 / n), abs=1e-9)  # (1 − p)^n = α/2
-    assert clopper_pearson(n, n)[0] == pytest.approx(0.025 ** (1 / n), abs=1e-9)
+    from dreamgen.evaluation.league import janus_interval
+
+    assert janus_interval(0, n)[0] == 0.0 and janus_interval(n, n)[1] == 1.0
+    assert janus_interval(0, n)[1] == pytest.approx(1 - 0.025 ** (1 / n), abs=1e-9)  # (1 − p)^n = α/2
+    assert janus_interval(n, n)[0] == pytest.approx(0.025 ** (1 / n), abs=1e-9)
     for k in range(1, n):
-        lo, hi = clopper_pearson(k, n)
+        lo, hi = janus_interval(k, n)
         assert lo < k / n < hi
-        assert 1 - _binomial_cdf(k - 1, n, lo) == pytest.approx(0.025, abs=1e-9)  # P(X ≥ k | lo)
-        assert _binomial_cdf(k, n, hi) == pytest.approx(0.025, abs=1e-9)  # P(X ≤ k | hi)
-        mirror = clopper_pearson(n - k, n)
+        assert binom.sf(k - 1, n, lo) == pytest.approx(0.025, abs=1e-9)  # P(X ≥ k | lo)
+        assert binom.cdf(k, n, hi) == pytest.approx(0.025, abs=1e-9)  # P(X ≤ k | hi)
+        mirror = janus_interval(n - k, n)
         assert (lo, hi) == pytest.approx((1 - mirror[1], 1 - mirror[0]), abs=1e-9)
-    with pytest.raises(ValueError):
-        clopper_pearson(3, 2)
+
+
+@pytest.mark.parametrize("n", [2, 4, 8, 10])
+def test_janus_p_value_matches_the_hypergeometric_closed_forms(n):
+    from dreamgen.evaluation.league import janus_p_value
+
+    assert janus_p_value([n, n], [0, n]) == pytest.approx(2 / math.comb(2 * n, n))  # only the two corner tables
+    assert janus_p_value([0, n], [n, n]) == janus_p_value([n, n], [0, n])
+    assert janus_p_value([1, n], [1, n]) == pytest.approx(1.0)
+    assert janus_p_value([3, 4], [1, 4]) == pytest.approx(34 / 70)  # the tea-tasting table: (1 + 16 + 16 + 1) / 70
 
 
 def test_league_rows_count_janus_runs_with_their_interval(tmp_path):
@@ -141,5 +152,6 @@ def test_league_rows_count_janus_runs_with_their_interval(tmp_path):
     sds, cam = summarise(grid, runs)
     assert sds["janus_runs"] == [2, 4] and sds["janus_rate"] == 0.5 and cam["janus_runs"] == [0, 4]
     assert cam["janus_rate_ci95"][0] == 0 and cam["janus_rate_ci95"][1] == pytest.approx(0.6024, abs=1e-4)
+    assert "janus_p_vs_first" not in sds and cam["janus_p_vs_first"] == pytest.approx(12 / 28)  # (6 + 6) / C(8, 2)
     md = write_markdown(grid, [sds, cam], runs, tmp_path / "l.md", None).read_text()
-    assert "| 0.50 (2/4; 0.07–0.93) |" in md and "| 0.00 (0/4; 0.00–0.60) |" in md
+    assert "| 0.50 (2/4; 0.07–0.93) |" in md and "| 0.00 (0/4; 0.00–0.60; p 0.43) |" in md

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
+from scipy import stats
 
 from dreamgen.batch.inputs import BatchItem
 from dreamgen.config import configs_root
@@ -136,27 +136,16 @@ def _seed_spread(runs: list[dict], key: str) -> float | None:
     return statistics.fmean(spreads) if spreads else None
 
 
-def _binomial_cdf(k: int, n: int, p: float) -> float:
-    return sum(math.comb(n, i) * p**i * (1.0 - p) ** (n - i) for i in range(k + 1))
+def janus_interval(k: int, n: int) -> tuple[float, float]:
+    """The exact (Clopper–Pearson) 95 % interval of a Janus rate seen in k of n runs."""
+    ci = stats.binomtest(k, n).proportion_ci(confidence_level=0.95, method="exact")
+    return float(ci.low), float(ci.high)
 
 
-def clopper_pearson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
-    """The exact (Clopper–Pearson) two-sided interval of a rate seen k times in n trials: the p whose binomial tails
-    P(X ≥ k) and P(X ≤ k) are (1 − level)/2 (found by bisection; 0 and 1 at the ends)."""
-    if not 0 <= k <= n or n == 0:
-        raise ValueError(f"need 0 <= k <= n and n > 0, got k={k}, n={n}")
-    tail = (1.0 - level) / 2.0
-
-    def solve(f) -> float:  # f increasing in p on [0, 1], root by bisection
-        lo, hi = 0.0, 1.0
-        for _ in range(60):
-            mid = (lo + hi) / 2.0
-            lo, hi = (mid, hi) if f(mid) < 0 else (lo, mid)
-        return (lo + hi) / 2.0
-
-    lower = 0.0 if k == 0 else solve(lambda p: (1.0 - _binomial_cdf(k - 1, n, p)) - tail)
-    upper = 1.0 if k == n else solve(lambda p: tail - _binomial_cdf(k, n, p))
-    return lower, upper
+def janus_p_value(a: list[int], b: list[int]) -> float:
+    """Fisher's exact two-sided p of two Janus counts [k, n]: how often rates this different arise by chance when
+    both methods share one rate."""
+    return float(stats.fisher_exact([[a[0], a[1] - a[0]], [b[0], b[1] - b[0]]]).pvalue)
 
 
 def summarise(grid: Grid, runs: list[dict]) -> list[dict[str, Any]]:
@@ -174,10 +163,13 @@ def summarise(grid: Grid, runs: list[dict]) -> list[dict[str, Any]]:
         janus = [r["janus"] > 0.5 for r in done if r["janus"] is not None]
         row["janus_rate"] = _mean(janus)
         row["janus_runs"] = [sum(janus), len(janus)]
-        row["janus_rate_ci95"] = list(clopper_pearson(sum(janus), len(janus))) if janus else None
+        row["janus_rate_ci95"] = list(janus_interval(sum(janus), len(janus))) if janus else None
         row["front_rate"] = _mean([r["front_feature"] >= 0.5 for r in done if r["front_feature"] is not None])
         row["silhouette_iou_seed_std"] = _seed_spread(done, "silhouette_iou")
         rows.append(row)
+    for row in rows[1:]:  # each method's Janus count against the grid's first (its baseline)
+        usable = row["janus_runs"][1] and rows[0]["janus_runs"][1]
+        row["janus_p_vs_first"] = janus_p_value(row["janus_runs"], rows[0]["janus_runs"]) if usable else None
     return rows
 
 
@@ -186,16 +178,18 @@ def _f(v: Any, digits: int = 2) -> str:
 
 
 def _janus_cell(row: dict) -> str:
-    """'0.25 (2/8; 0.03–0.65)': the rate, the count and its 95 % Clopper–Pearson interval."""
+    """'0.25 (2/8; 0.03–0.65; p 0.0014)': the rate, the count, its 95 % Clopper–Pearson interval and (below the
+    first row) Fisher's p against the first row."""
     if row["janus_rate_ci95"] is None:
         return "–"
     (k, n), (lo, hi) = row["janus_runs"], row["janus_rate_ci95"]
-    return f"{row['janus_rate']:.2f} ({k}/{n}; {lo:.2f}–{hi:.2f})"
+    p = row.get("janus_p_vs_first")
+    return f"{row['janus_rate']:.2f} ({k}/{n}; {lo:.2f}–{hi:.2f}" + ("" if p is None else f"; p {p:.2g}") + ")"
 
 
 def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, sheet: Path | None) -> Path:
     head = ["method", "done", "sil. IoU (± seeds)", "vol. IoU", "mesh vol. IoU", "Chamfer", "colour err.",
-            "rank-1", "genus right", "front feature (rate ≥ 0.5)", "Janus rate (runs; 95 % CI)", "s/step",
+            "rank-1", "genus right", "front feature (rate ≥ 0.5)", "Janus rate (runs; 95 % CI; p vs row 1)", "s/step",
             "s to GLB"]
     lines = [f"# dreamgen league: {grid.name}", "",
              f"{len(grid.methods)} method(s) × {len(grid.prompts)} prompt(s) × {len(grid.seeds)} seed(s); "
