@@ -18,7 +18,7 @@ import typer
 
 from dreamgen.batch.cli import batch
 from dreamgen.config import job_flags
-from dreamgen.errors import DreamgenError
+from dreamgen.errors import ConfigError, DreamgenError
 from dreamgen.gallery import view
 from dreamgen.interrupts import InterruptPolicy
 
@@ -274,6 +274,7 @@ def league(
                                                              "e.g. --num-gpus 0.0625 shares it 16 ways)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address"),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="ray: GPUs per run"),
+    quick: bool = typer.Option(False, "--quick", help="The quick grid (the default one; the same as naming it)."),
 ) -> None:
     """Run a grid of methods × world prompts × seeds, score every run against the exact objects, rank the methods
     (league.md, league.json, contact_sheet.png). Resumable: a rerun skips finished runs."""
@@ -284,6 +285,8 @@ def league(
     from dreamgen.evaluation.league import load_grid, write_league
     from dreamgen.runs import atomic_write_text
 
+    if quick and grid != "quick":
+        raise ConfigError(f"--quick names the quick grid; got the grid {grid!r} too: give one")
     spec = load_grid(grid)
     out_dir = out or Path("outputs") / f"league-{spec.name}"
     opts = BatchOptions(overrides=list(overrides or []), executor=executor, ray_address=ray_address,

@@ -110,6 +110,23 @@ def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
     assert all(i["status"] == "done" and i["attempts"] == 1 for i in items)
 
 
+def test_league_quick_flag_names_the_quick_grid(tmp_path, monkeypatch, capsys):
+    import dreamgen.evaluation.league as league
+
+    seen = []
+
+    def load_and_stop(name):  # the grid the CLI asked for, then a one-line stop before any run
+        seen.append(name)
+        raise ConfigError("stop here")
+
+    monkeypatch.setattr(league, "load_grid", load_and_stop)
+    code, text = _league(monkeypatch, capsys, "--quick")
+    assert code != 0 and "stop here" in text and seen == ["quick"]
+    code, text = _league(monkeypatch, capsys, "janus", "--quick")
+    assert code != 0 and "--quick names the quick grid; got the grid 'janus' too" in text and seen == ["quick"]
+    assert "Traceback" not in text
+
+
 # ---- the Janus rate's interval -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("n", [1, 2, 8, 10])
 def test_janus_interval_matches_its_closed_forms_and_tails(n):
