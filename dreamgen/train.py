@@ -33,12 +33,11 @@ from dreamgen.device import resolve_device
 from dreamgen.errors import ConfigError, DreamgenError, Interrupted, NonFiniteError
 from dreamgen.interrupts import InterruptPolicy, signal_name
 from dreamgen.losses.base import LossInput
-from dreamgen.losses.core import scheduled
 from dreamgen.progress import Progress
 from dreamgen.prompts import PerpNeg, PromptSet
 from dreamgen.runs import MetricsLog, atomic_write_bytes, image_grid, png_bytes, timed
 from dreamgen.scene import Scene, total_steps
-from dreamgen.schema import bounded
+from dreamgen.schema import bounded, scheduled
 
 log = logging.getLogger("dreamgen")
 

@@ -37,8 +37,9 @@ from typing import Any
 import torch
 
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
-from dreamgen.losses.core import FixedNoise, LossConfig, scheduled, surrogate_loss
+from dreamgen.losses.core import FixedNoise, LossConfig, surrogate_loss
 from dreamgen.registry import register
+from dreamgen.schema import scheduled
 
 
 @dataclass

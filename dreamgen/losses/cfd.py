@@ -42,8 +42,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
-from dreamgen.losses.core import FixedNoise, LossConfig, scheduled, surrogate_loss
+from dreamgen.losses.core import FixedNoise, LossConfig, surrogate_loss
 from dreamgen.registry import register
+from dreamgen.schema import scheduled
 
 _MASK = 0xFFFFFFFF
 

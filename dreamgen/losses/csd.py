@@ -27,8 +27,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
-from dreamgen.losses.core import LossConfig, scheduled, surrogate_loss
+from dreamgen.losses.core import LossConfig, surrogate_loss
 from dreamgen.registry import register
+from dreamgen.schema import scheduled
 
 
 @dataclass

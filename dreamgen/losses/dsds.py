@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dreamgen.losses.base import LossInput, LossOutput
-from dreamgen.losses.core import LossConfig, scheduled, surrogate_loss
+from dreamgen.losses.core import LossConfig, surrogate_loss
 from dreamgen.losses.sds import SDS
 from dreamgen.registry import register
+from dreamgen.schema import scheduled
 
 
 @dataclass

@@ -32,8 +32,9 @@ from typing import Any
 from torch import Tensor
 
 from dreamgen.losses.base import DistillationLoss, LossInput, LossOutput
-from dreamgen.losses.core import LossConfig, scheduled, surrogate_loss
+from dreamgen.losses.core import LossConfig, surrogate_loss
 from dreamgen.registry import register
+from dreamgen.schema import scheduled
 
 
 @dataclass
