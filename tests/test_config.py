@@ -10,7 +10,7 @@ from dreamgen import config as config_module
 from dreamgen.config import (Layer, compose_layers, compose_new, explain, load_config, load_run_config,
                              parse_dotlist, to_yaml)
 from dreamgen.errors import ConfigError, PromptError
-from dreamgen.losses.core import scheduled
+from dreamgen.schema import scheduled
 
 SD = {"guidance.name": "stable-diffusion"}
 
