@@ -270,8 +270,11 @@ def league(
     out: Optional[Path] = typer.Option(None, "--out", help="League folder (default outputs/league-<grid>)."),
     doc: Optional[Path] = typer.Option(None, "--doc", help="Also write the table here (e.g. docs/league.md), with "
                                                            "its contact sheet beside it."),
-    executor: str = typer.Option("local", "--executor", help="local | ray (one worker per CPU core; with a GPU, "
-                                                             "e.g. --num-gpus 0.0625 shares it 16 ways)"),
+    executor: str = typer.Option("local", "--executor", help="local | processes (--workers at once; on a GPU "
+                                                             "machine they share the GPU) | ray (one worker per CPU "
+                                                             "core; with a GPU, --num-gpus 0.0625 shares it 16 ways)"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="processes: how many runs at once (default: one "
+                                                                  "per CPU core)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address"),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="ray: GPUs per run"),
     quick: bool = typer.Option(False, "--quick", help="The quick grid (the default one; the same as naming it)."),
@@ -289,8 +292,8 @@ def league(
         raise ConfigError(f"--quick names the quick grid; got the grid {grid!r} too: give one")
     spec = load_grid(grid)
     out_dir = out or Path("outputs") / f"league-{spec.name}"
-    opts = BatchOptions(overrides=list(overrides or []), executor=executor, ray_address=ray_address,
-                        num_gpus=num_gpus, evaluate=True, resume_command=shlex.join(["dreamgen", *sys.argv[1:]]))
+    opts = BatchOptions(overrides=list(overrides or []), executor=executor, workers=workers,
+                        ray_address=ray_address, num_gpus=num_gpus, evaluate=True, resume_command=shlex.join(["dreamgen", *sys.argv[1:]]))
     done = run_batch(spec.items(), f"league grid {spec.name}", out_dir, opts, ctx.obj)
     result = write_league(spec, out_dir, done["manifest"])
     if doc is not None:

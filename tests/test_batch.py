@@ -163,7 +163,9 @@ def test_guidance_cache_is_an_lru_per_process(monkeypatch):
 
 @pytest.mark.parametrize("args,expected", [
     (["--executor", "dask"], "unknown executor 'dask'"),
-    (["--executor", "ray", "--devices", "0"], "--devices is for the local executor"),
+    (["--executor", "ray", "--devices", "0"], "--devices is for the local and processes executors"),
+    (["--workers", "2"], "--workers takes a positive number of processes for --executor processes"),
+    (["--executor", "processes", "--workers", "0"], "--workers takes a positive number"),
     (["--devices", "0,x"], "--devices takes CUDA device numbers"),
     (["--devices", "99"], "there is no CUDA device 99"),
 ])

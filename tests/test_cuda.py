@@ -109,3 +109,20 @@ def test_nvdiffrast_rasteriser_matches_the_torch_one():
     cams = CameraSampler(CameraConfig()).orbit(2, 64).to(CUDA)
     a, b = rasterize(verts, faces, cams, "torch"), rasterize(verts, faces, cams, "nvdiffrast")
     assert (a.coverage - b.coverage).abs().mean().item() < 0.02
+
+
+def test_evaluation_on_the_gpu_matches_the_cpu(tmp_path, monkeypatch, capsys):
+    """A league worker scores a GPU run on its GPU: the same scores as the CPU evaluation of the same checkpoint."""
+    from cli_helpers import run_cli
+
+    from dreamgen.evaluation import evaluate_run
+    from dreamgen.testing import SMALL_RUN
+
+    code, out = run_cli(monkeypatch, capsys, "run", "a red cube", "--steps", "20", "--out", tmp_path, "device=cpu",
+                        *SMALL_RUN, "export.texture=false", "export.turntable_frames=0")
+    assert code == 0, out.err
+    run_dir = next(tmp_path.glob("a-red-cube-*"))
+    cpu, gpu = evaluate_run(run_dir), evaluate_run(run_dir, device=CUDA)
+    for key in ("silhouette_iou", "volumetric_iou", "colour_error"):
+        assert gpu[key] == pytest.approx(cpu[key], abs=0.01), key
+    assert gpu["rank1"] == cpu["rank1"] and gpu["mesh"] == cpu["mesh"]

@@ -33,9 +33,12 @@ def batch(
     check: bool = typer.Option(False, "--check", help="Validate the file and every item's config, show what a run "
                                                       "would do, run nothing."),
     retry_failed: bool = typer.Option(False, "--retry-failed", help="Run failed items again, from scratch."),
-    executor: str = typer.Option("local", "--executor", help="local (sequential, in this process) | ray"),
-    devices: Optional[str] = typer.Option(None, "--devices", help="local: CUDA devices to spread items over, "
-                                                                  "round-robin, e.g. 0,1"),
+    executor: str = typer.Option("local", "--executor", help="local (sequential, in this process) | processes "
+                                                             "(--workers at once, sharing this machine's GPU) | ray"),
+    devices: Optional[str] = typer.Option(None, "--devices", help="local, processes: CUDA devices to spread items "
+                                                                  "over, round-robin, e.g. 0,1"),
+    workers: Optional[int] = typer.Option(None, "--workers", help="processes: how many items run at once (default: "
+                                                                  "one per CPU core)"),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="ray: the cluster to join, e.g. auto; "
                                                                           "default: start a local instance"),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="ray: GPUs per item (default 1 when the "
@@ -57,10 +60,10 @@ def batch(
 
     t0 = time.perf_counter()
     if executor == "ray" and devices:
-        raise DreamgenError("--devices is for the local executor; with --executor ray use --num-gpus")
+        raise DreamgenError("--devices is for the local and processes executors; with --executor ray use --num-gpus")
     opts = BatchOptions(config=config, overrides=list(overrides or []), flags=job_flags(loss, guidance, steps, seed),
-                        executor=executor, devices=_devices(devices), ray_address=ray_address, num_gpus=num_gpus,
-                        retry_failed=retry_failed, resume_command=_command_line())
+                        executor=executor, devices=_devices(devices), workers=workers, ray_address=ray_address,
+                        num_gpus=num_gpus, retry_failed=retry_failed, resume_command=_command_line())
     try:
         items = read_batch_file(file)
     except BatchInputError as e:

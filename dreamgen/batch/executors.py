@@ -1,6 +1,9 @@
 """Executors: where a batch's items run. The driver (this process) alone writes the manifest, after every change.
 
 - ``local``: items one after another in this process; with ``--devices 0,1`` item k runs on ``cuda:{devices[k % n]}``.
+- ``processes``: ``--workers N`` processes of this machine, each running items one at a time with its own guidance
+  cache and a share of the CPU threads; on one GPU they share it (the embedded prior is small, so a single run leaves
+  most of a large GPU idle), with ``--devices`` they go round-robin over several. Needs no extra package.
 - ``ray``: one Ray actor per device slot (``num_gpus`` each, 0 on CPUs); each item is a task on an idle actor. Actors,
   not plain tasks: a process keeps its GPU and its guidance cache for the whole batch, so the weights load once per
   worker (Ray restarts the process of a GPU *task* after every call, which would reload them for every item).
@@ -10,9 +13,13 @@
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 import shutil
 import signal
 from collections import deque
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 import torch
@@ -81,6 +88,78 @@ def run_local(manifest: Manifest, jobs: list[ItemJob], devices: list[str] | None
                                   f"{job.resume_command}", interrupts.signum)
     finally:
         bar.close()
+
+
+def _init_process_worker(threads: int) -> None:
+    # The driver alone handles Ctrl-C (the terminal sends it to the whole process group) and stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+def _run_in_process(job: ItemJob) -> dict[str, Any]:
+    return run_item(job, interrupts=None, cache_size=1)
+
+
+def _new_pool(workers: int) -> ProcessPoolExecutor:
+    # spawn, not fork: a forked child cannot initialise CUDA, and it would inherit the driver's signal handlers.
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_init_process_worker, initargs=(threads,))
+
+
+def run_processes(manifest: Manifest, jobs: list[ItemJob], workers: int,
+                  interrupts: InterruptPolicy | None = None) -> None:
+    """Run ``jobs`` on ``workers`` local processes, a new item as soon as one finishes. A signal stops the workers
+    (the running items keep their last periodic checkpoint, as with Ray), marks those items interrupted and raises
+    :class:`Interrupted`. A worker that dies (killed for memory, say) breaks the pool: the items it was running with
+    are marked failed (``--retry-failed`` runs them again) and a new pool takes the rest."""
+    n_workers = max(1, min(workers, len(jobs)))
+    log.info("processes: %d worker(s) for %d item(s)", n_workers, len(jobs))
+    for job in jobs:  # no per-item step bars: many workers' bars would interleave
+        job.progress = False
+    pool = _new_pool(n_workers)
+    queue, pending = deque(jobs), {}
+    bar = Progress(len(jobs), desc="batch", unit="item", log_every=1)
+    try:
+        while queue or pending:
+            while queue and len(pending) < n_workers:
+                job = queue.popleft()
+                _start(manifest, job)
+                pending[pool.submit(_run_in_process, job)] = job
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            broken = False
+            for fut in finished:
+                job = pending.pop(fut)
+                try:
+                    result = fut.result()
+                except BrokenProcessPool:
+                    broken = True
+                    result = {"status": "failed", "seconds": 0.0, "finished": now(),
+                              "error": "worker died (killed for memory?) while this item ran"}
+                _finish(manifest, job, result)
+                bar.update(1)
+            if broken:
+                pool.shutdown(wait=False, cancel_futures=True)
+                pool = _new_pool(n_workers)
+    except KeyboardInterrupt:
+        _stop_workers(pool)
+        for job in pending.values():
+            manifest.update(job.name, status="interrupted")
+        signum = interrupts.signum if interrupts is not None and interrupts.signum else signal.SIGINT
+        raise Interrupted(f"interrupted by {signal_name(signum)}; the running items keep their last checkpoints; "
+                          f"continue with: {jobs[0].resume_command}", signum) from None
+    finally:
+        bar.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _stop_workers(pool: ProcessPoolExecutor) -> None:
+    procs = list((pool._processes or {}).values())  # the executor offers no public way to stop running calls
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.join(timeout=10)
 
 
 class ItemWorker:

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from dreamgen.batch.executors import run_local, run_ray
+from dreamgen.batch.executors import run_local, run_processes, run_ray
 from dreamgen.batch.inputs import BatchItem
 from dreamgen.batch.manifest import Manifest
 from dreamgen.batch.report import write_contact_sheet, write_summary
@@ -17,7 +18,7 @@ from dreamgen.errors import DreamgenError
 from dreamgen.interrupts import InterruptPolicy
 
 log = logging.getLogger("dreamgen")
-EXECUTORS = ("local", "ray")
+EXECUTORS = ("local", "processes", "ray")
 
 
 @dataclass
@@ -26,7 +27,8 @@ class BatchOptions:
     overrides: list[str] = field(default_factory=list)  # key=value for every item (an item's own win)
     flags: dict[str, Any] = field(default_factory=dict)  # the job flags (--loss, --guidance, --steps, --seed)
     executor: str = "local"
-    devices: list[int] = field(default_factory=list)  # local: CUDA devices, round-robin
+    devices: list[int] = field(default_factory=list)  # local, processes: CUDA devices, round-robin
+    workers: int | None = None  # processes: how many (default: one per CPU core)
     ray_address: str | None = None
     num_gpus: float | None = None  # ray: GPUs per item
     retry_failed: bool = False
@@ -36,6 +38,8 @@ class BatchOptions:
     def __post_init__(self) -> None:
         if self.executor not in EXECUTORS:
             raise DreamgenError(f"unknown executor {self.executor!r}; valid executors: {', '.join(EXECUTORS)}")
+        if self.workers is not None and (self.executor != "processes" or self.workers < 1):
+            raise DreamgenError("--workers takes a positive number of processes for --executor processes")
 
 
 def run_batch(items: list[BatchItem], source: str, out_dir: Path, opts: BatchOptions,
@@ -58,6 +62,8 @@ def run_batch(items: list[BatchItem], source: str, out_dir: Path, opts: BatchOpt
             for k, (it, a) in enumerate(todo)]
     if jobs and opts.executor == "local":
         run_local(manifest, jobs, devices=[f"cuda:{d}" for d in devices] if devices else None, interrupts=interrupts)
+    elif jobs and opts.executor == "processes":
+        run_processes(manifest, jobs, opts.workers or os.cpu_count() or 1, interrupts=interrupts)
     elif jobs:
         run_ray(manifest, jobs, opts.ray_address, opts.num_gpus, interrupts=interrupts)
     names = [it.name for it in items]

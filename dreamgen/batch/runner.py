@@ -136,7 +136,7 @@ def run_item(job: ItemJob, interrupts: InterruptPolicy | None = None, cache_size
         if job.evaluate:
             from dreamgen.evaluation import evaluate_run
 
-            evaluate_run(run_dir)
+            evaluate_run(run_dir, device=session.trainer.device)  # a GPU run is scored on its GPU
     except Interrupted as e:
         raise ItemInterrupted(session.trainer.step if session else 0, time.perf_counter() - t0, e) from None
     except KeyboardInterrupt:  # a worker cancelled by its driver: the last periodic checkpoint stands

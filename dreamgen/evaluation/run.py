@@ -18,7 +18,7 @@ import torch
 
 from dreamgen.evaluation.mesh import evaluate_mesh
 from dreamgen.geometry.base import SurfaceField
-from dreamgen.geometry.isosurface import auto_threshold, density_grid, inside_mesh
+from dreamgen.geometry.isosurface import auto_threshold, density_grid, field_device, inside_mesh
 from dreamgen.runs import atomic_write_text
 from dreamgen.session import load_scene
 from dreamgen.world.metrics import evaluate
@@ -33,18 +33,22 @@ def occupancy_fn(geometry, export_cfg) -> tuple[Callable[[torch.Tensor], torch.T
         return (lambda p: torch.from_numpy(inside_mesh(verts, faces, p.cpu().numpy()))), None
     grid, _, _ = density_grid(geometry, 64, export_cfg.chunk)
     tau = export_cfg.threshold or auto_threshold(grid, export_cfg.threshold_rule, export_cfg.floor_ratio)
-    return (lambda p: geometry.density(p) > tau), float(tau)
+    device = field_device(geometry)
+    return (lambda p: geometry.density(p.to(device)) > tau), float(tau)
 
 
 @torch.no_grad()
-def evaluate_run(run_dir: Path, n_views: int = 8, resolution: int = 64) -> dict:
+def evaluate_run(run_dir: Path, n_views: int = 8, resolution: int = 64,
+                 device: torch.device | str = "cpu") -> dict:
+    """Score the run's last checkpoint (on ``device``; the ground truth and the scores are computed on the CPU) and
+    its mesh.glb against the world's exact object; writes ``eval.json``."""
     run_dir = Path(run_dir)
-    cfg, scene, step = load_scene(run_dir)
+    cfg, scene, step = load_scene(run_dir, device)
     renderer, geometry = scene.renderers[0], scene.particles[0]
     renderer.eval()
 
     def render_fn(cams, shading: str = "lambertian"):
-        out = renderer(cams, shading=shading, train=False)
+        out = renderer(cams.to(device), shading=shading, train=False)
         return out["rgb"], out["opacity"][..., 0]
 
     occ_fn, tau = occupancy_fn(geometry, cfg.export)
