@@ -405,7 +405,7 @@ class Trainer:
             raise DreamgenError(f"{path} does not fit this run's config (was a geometry or loss setting changed?): "
                                 f"{(str(e).strip().splitlines() or [''])[0][:200]}") from None
         self.random.load_state_dict(state["random"])
-        self.camera_gen.set_state(state["camera"])
+        self.camera_gen.set_state(state["camera"].cpu())  # a CPU generator; the checkpoint loads onto the run's device
         self.step = self.checkpoint_step = int(state["step"])
         self.metrics.truncate_after(self.step)
         return self.step

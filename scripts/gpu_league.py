@@ -7,7 +7,8 @@
 Runs ``dreamgen league GRID --executor processes --workers N`` (the runs share the GPU; the embedded prior is small),
 stops it with SIGTERM when ``--budget`` seconds are spent (the running items keep their checkpoints; the same command
 later resumes them), writes the table of what finished (league.md, league.json, contact_sheet.png) and packs the
-league folder without checkpoints, meshes and turntables (the table's inputs: manifest, eval.json, metrics.jsonl, previews) plus
+league folder without checkpoints, meshes, turntables and intermediate previews (the table's inputs: manifest,
+eval.json, metrics.jsonl, final previews) plus
 ``gpu.log`` (nvidia-smi's utilisation and memory every 5 s) and ``mps.log``.
 
 ``--mps`` first starts NVIDIA's Multi-Process Service, which lets the workers' kernels run side by side instead of
@@ -94,7 +95,8 @@ def write_table(args: argparse.Namespace) -> None:
 def pack(args: argparse.Namespace, extra: list[Path]) -> None:
     skip = {"checkpoints", "mesh.glb", "mesh.obj", "texture.png", "turntable.gif"}
     with tarfile.open(args.pack, "w:gz") as tar:
-        tar.add(args.out, arcname=args.out.name, filter=lambda ti: None if Path(ti.name).name in skip else ti)
+        tar.add(args.out, arcname=args.out.name,
+                filter=lambda ti: None if Path(ti.name).name in skip or Path(ti.name).name.startswith("step_") else ti)
         for p in extra:
             if p.exists():
                 tar.add(p, arcname=p.name)

@@ -126,3 +126,19 @@ def test_evaluation_on_the_gpu_matches_the_cpu(tmp_path, monkeypatch, capsys):
     for key in ("silhouette_iou", "volumetric_iou", "colour_error"):
         assert gpu[key] == pytest.approx(cpu[key], abs=0.01), key
     assert gpu["rank1"] == cpu["rank1"] and gpu["mesh"] == cpu["mesh"]
+
+
+def test_a_gpu_run_resumes_from_its_checkpoint(tmp_path, monkeypatch, capsys):
+    """The checkpoint loads onto the run's GPU, the camera generator's state (a CPU generator) included: resuming a
+    CUDA run once failed with 'RNG state must be a torch.ByteTensor' (found by a league on a lent H200)."""
+    from cli_helpers import run_cli
+
+    from dreamgen.testing import SMALL_RUN
+
+    tiny = [*SMALL_RUN, "device=cuda", "export.texture=false", "export.turntable_frames=0"]
+    code, out = run_cli(monkeypatch, capsys, "run", "a red cube", "--steps", "4", "--out", tmp_path, *tiny)
+    assert code == 0, out.err
+    run_dir = next(tmp_path.glob("a-red-cube-*"))
+    code, out = run_cli(monkeypatch, capsys, "run", "--resume", run_dir, "--steps", "6")
+    assert code == 0, out.err
+    assert torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True, map_location="cpu")["step"] == 6
