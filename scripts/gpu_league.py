@@ -112,7 +112,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--pack", type=Path, default=None, help="tar.gz of the results")
     ap.add_argument("--mps", action="store_true", help="start NVIDIA MPS first (falls back to plain sharing)")
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()  # overrides may follow the options
     args.out = args.out or Path("outputs") / f"league-{Path(args.grid).stem}"
     args.out.mkdir(parents=True, exist_ok=True)
     mps_dir = args.out.parent / "mps"

@@ -24,13 +24,13 @@ def _blob_nerf(device):
     return HashGridNeRF(NeRFConfig(grid=grid, blob_radius=0.5, blob_density=10.0)).to(device)
 
 
-def _render(geo, occupancy: bool, device, steps_of_updates: int = 0):
+def _render(geo, occupancy: bool, device, steps_of_updates: int = 0, backend: str = "auto"):
     from dreamgen.cameras import CameraSampler, CameraConfig
     from dreamgen.render.background import Background, BackgroundConfig
     from dreamgen.render.volume import RendererConfig, VolumeRenderer
 
-    ren = VolumeRenderer(geo, Background(BackgroundConfig()), RendererConfig(num_samples=256,
-                                                                            occupancy_grid=occupancy)).to(device)
+    ren = VolumeRenderer(geo, Background(BackgroundConfig()), RendererConfig(
+        num_samples=256, occupancy_grid=occupancy, occupancy_backend=backend)).to(device)
     for step in range(steps_of_updates):
         ren.update_occupancy(step)
     cams = CameraSampler(CameraConfig()).orbit(4, 48).to(device)
@@ -46,6 +46,16 @@ def test_occupancy_grid_renderer_agrees_with_the_dense_cpu_path():
     for key, tol in (("opacity", 0.02), ("rgb", 0.02)):
         err = (cpu[key] - gpu[key].cpu()).abs().mean().item()
         assert err < tol, f"{key}: mean |cpu - gpu| = {err:.4f}"
+
+
+def test_torch_occupancy_backend_on_the_gpu_matches_the_cpu():
+    """occupancy_backend: torch runs the CPU's EmptySpaceGrid on CUDA: the same skipping, the same image."""
+    cpu, _ = _render(_blob_nerf("cpu"), occupancy=True, device="cpu", steps_of_updates=1, backend="torch")
+    gpu, ren = _render(_blob_nerf(CUDA), occupancy=True, device=CUDA, steps_of_updates=1, backend="torch")
+    assert ren.estimator is None and bool(ren.empty_space.occupied_cells.is_cuda)
+    for key in ("opacity", "rgb"):
+        err = (cpu[key] - gpu[key].cpu()).abs().mean().item()
+        assert err < 0.02, f"{key}: mean |cpu - gpu| = {err:.4f}"
 
 
 def test_mixed_precision_step_is_finite_and_matches_fp32(tiny_sd_path, tmp_path):

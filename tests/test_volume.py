@@ -190,6 +190,22 @@ def test_empty_space_grid_skips_samples_without_changing_the_image():
         torch.testing.assert_close(pruned[key], full[key], atol=5e-3, rtol=0)
 
 
+def test_torch_backend_builds_no_nerfacc_estimator_and_skips_the_same_samples():
+    """occupancy_backend: torch is the CPU's grid on every device: no nerfacc estimator (nothing to JIT-build on a
+    GPU); on the CPU it renders exactly what auto renders."""
+    torch.manual_seed(0)
+    geo = HashGridNeRF(NeRFConfig(grid=TINY_GRID))
+    cams = cameras(8, distance=1.8, fov=60.0)
+    images = {}
+    for backend in ("auto", "torch"):
+        ren = renderer(geo, num_samples=32, occupancy_grid=True, occupancy_backend=backend)
+        assert (ren.estimator is None) == (backend == "torch")
+        torch.manual_seed(1)
+        ren.update_occupancy(0)
+        images[backend] = ren(cams, shading="lambertian", train=False)["rgb"]
+    torch.testing.assert_close(images["torch"], images["auto"], atol=0, rtol=0)
+
+
 def test_chunking_does_not_change_the_render():
     torch.manual_seed(0)
     geo = HashGridNeRF(NeRFConfig(grid=TINY_GRID))

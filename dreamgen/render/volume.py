@@ -5,9 +5,13 @@ training). Compositing is nerfacc's ``render_weight_from_density`` / ``accumulat
 ``[n_rays, n_samples]`` form, which is plain torch and runs on CPU and GPU alike.
 
 Empty-space skipping (``occupancy_grid``) has two implementations behind the same switch:
-- CUDA tensors: nerfacc's ``OccGridEstimator`` (ray marching with per-ray sample counts, packed compositing);
-- otherwise: :class:`EmptySpaceGrid`, a torch occupancy grid; samples in empty cells are not evaluated (σ = 0).
-Either way call :meth:`VolumeRenderer.update_occupancy` once per training step.
+- CUDA tensors with ``occupancy_backend: auto``: nerfacc's ``OccGridEstimator`` (ray marching with per-ray sample
+  counts, packed compositing; its CUDA extension is JIT-built on first use, minutes on a fresh machine);
+- otherwise (CPU, or ``occupancy_backend: torch`` on any device): :class:`EmptySpaceGrid`, a torch occupancy grid;
+  samples in empty cells are not evaluated (σ = 0), the fixed samples per ray are kept.
+Either way call :meth:`VolumeRenderer.update_occupancy` once per training step. Skipping is not neutral: a sample in
+an empty cell gets no gradient, so density cannot grow there between updates, and what a run converges to can
+change (docs/janus.md: text-only SDS on the tv draws its screen with the grid and not without it).
 
 nerfacc's packed functions, estimators and samplers need its CUDA extension (and try to JIT-build it when called on
 CPU), so every call of them sits behind an ``is_cuda`` check.
@@ -35,8 +39,10 @@ from dreamgen.schema import bounded
 class RendererConfig(ShadingConfig):
     num_samples: int = bounded(48, ge=1)  # per ray, across the bounding sphere's diameter
     stratified: bool = True  # jitter each sample inside its bin (training only)
-    # Empty-space skipping: nerfacc's estimator on CUDA, EmptySpaceGrid elsewhere.
+    # Empty-space skipping: nerfacc's estimator on CUDA, EmptySpaceGrid elsewhere ("auto"), or EmptySpaceGrid on
+    # every device ("torch": the CPU's samples on a GPU too, and no extension to build).
     occupancy_grid: bool = False
+    occupancy_backend: str = bounded("auto", choices=("auto", "torch"))
     occupancy_resolution: int = bounded(32, ge=2)
     occupancy_update_every: int = bounded(16, ge=1)
     occupancy_threshold: float = bounded(1e-3, ge=0.0)  # on σ·Δt (≈ a sample's alpha); nerfacc's 1e-2 thins fog
@@ -111,7 +117,7 @@ class VolumeRenderer(nn.Module):
         radius = float(geometry.radius)
         # nerfacc's estimator only builds buffers here; its CUDA kernels run in sampling/update, on CUDA only.
         self.estimator = (nerfacc.OccGridEstimator([-radius] * 3 + [radius] * 3, resolution=cfg.occupancy_resolution)
-                          if cfg.occupancy_grid else None)
+                          if cfg.occupancy_grid and cfg.occupancy_backend == "auto" else None)
         self.empty_space = (EmptySpaceGrid(radius, cfg.occupancy_resolution, cfg.occupancy_threshold,
                                            cfg.occupancy_decay) if cfg.occupancy_grid else None)
         # nerfacc's grid starts all-empty: march with it only after update_occupancy has filled it once.
@@ -131,7 +137,7 @@ class VolumeRenderer(nn.Module):
         if not self.cfg.occupancy_grid:
             return
         every, dt = self.cfg.occupancy_update_every, self.step_size
-        if self.estimator.occs.is_cuda:
+        if self.estimator is not None and self.estimator.occs.is_cuda:
             self.estimator_updates += int(step % every == 0)
             self.estimator.update_every_n_steps(
                 step, occ_eval_fn=lambda x: self.geometry.density(x)[:, None] * dt,
