@@ -65,7 +65,8 @@ def report(config: str | None = None, loss: str | None = None, guidance: str | N
                  "torch" + ("" if tcnn else " (tinycudann not installed: optional, faster on a GPU)")))
     nvcc = shutil.which("nvcc")
     rows.append(("empty-space skipping", "nerfacc occupancy grid (CUDA; its extension compiles on first use"
-                 + (", nvcc found)" if nvcc else ": nvcc NOT found, install the CUDA toolkit)") if cuda
+                 + (", nvcc found" if nvcc else ": nvcc NOT found, install the CUDA toolkit")
+                 + "; renderer.occupancy_backend=torch skips the build)" if cuda
                  else "torch empty-space grid (CPU)"))
     nvdr = _importable("nvdiffrast")
     rows.append(("rasteriser (DMTet)", "nvdiffrast" if cuda and nvdr else

@@ -40,6 +40,7 @@ class Card:
     status: str | None = None
     error: str | None = None
     seconds: float | None = None
+    wall: bool = False  # seconds is the batch's wall time of the item, else the run's summed step timings
     mesh: Path | None = None
     turntable: Path | None = None
 
@@ -67,7 +68,9 @@ def find_cards(folder: Path) -> list[Card]:
         for r in manifest.records.values():
             card = _run_card(r.name, folder / r.run_dir)
             card.summary["prompt"] = card.summary.get("prompt") or r.prompt
-            card.status, card.error, card.seconds = r.status, r.error, r.seconds or card.seconds
+            card.status, card.error = r.status, r.error
+            if r.seconds:
+                card.seconds, card.wall = r.seconds, True
             if r.mesh and (folder / r.mesh).is_file():
                 card.mesh = folder / r.mesh
             cards.append(card)
@@ -102,7 +105,8 @@ def _card_html(card: Card, base: Path) -> str:
     if s.get("step") is not None:
         rows.append(("steps", f"{s['step']}/{s['steps']}" if s.get("steps") else s["step"]))
     rows.append(("final loss", _number(s["final_loss"]) if s.get("final_loss") is not None else None))
-    rows.append(("time", f"{card.seconds:.1f} s" if card.seconds is not None else None))
+    rows.append(("time" if card.wall else "time in steps",
+                 f"{card.seconds:.1f} s" if card.seconds is not None else None))
     rows += [(_EVAL_LABELS[k], _number(v)) for k, v in (s.get("eval") or {}).items() if v is not None]
     table = "".join(f"<tr><th>{html.escape(k)}</th><td>{html.escape(str(v))}</td></tr>"
                     for k, v in rows if v is not None)

@@ -48,7 +48,8 @@ def test_run_folder_card_shows_the_run(tmp_path: Path):
     (card,) = cards_html(index)
     assert '<model-viewer src="mesh.glb" alt="a red cube"' in card and 'src="turntable.gif"' in card
     for text in ("<h2>a red cube</h2>", "<th>loss</th><td>vsd</td>", "<th>seed</th><td>4</td>",
-                 "<th>steps</th><td>3/3</td>", "<th>final loss</th><td>3.333</td>", "<th>time</th><td>2.2 s</td>",
+                 "<th>steps</th><td>3/3</td>", "<th>final loss</th><td>3.333</td>",
+                 "<th>time in steps</th><td>2.2 s</td>",
                  "<th>silhouette IoU</th><td>0.78</td>", "<th>volumetric IoU</th><td>0.72</td>",
                  "<th>colour error</th><td>0.053</td>", "<th>object rank-1</th><td>no</td>"):
         assert text in card, text

@@ -208,5 +208,6 @@ def test_works_with_both_guidance_families(real_guidance, one_thread):
     core = ScoreCore(guidance, LossConfig(guidance_scale=7.5))
     e_cfg, _, _ = core.eps_cfg(x_t, t, pn.cond, uncond, perp_neg=pn)
     expected = _independent_cfg(guidance, x_t, t, pn, uncond, 7.5)
-    torch.testing.assert_close(e_cfg, expected, rtol=1e-4, atol=1e-4)
-    assert (e_cfg - core.eps_cfg(x_t, t, pn.cond, uncond)[0]).abs().max() > 1e-3
+    # ω = 7.5 scales the prior's batched-against-single rounding (~1e-5, CPU-dependent) to ~1e-4
+    torch.testing.assert_close(e_cfg, expected, rtol=1e-4, atol=5e-4)
+    assert (e_cfg - core.eps_cfg(x_t, t, pn.cond, uncond)[0]).abs().max() > 1e-2

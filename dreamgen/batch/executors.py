@@ -18,6 +18,7 @@ import os
 import shutil
 import signal
 from collections import deque
+from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
@@ -90,6 +91,16 @@ def run_local(manifest: Manifest, jobs: list[ItemJob], devices: list[str] | None
         bar.close()
 
 
+def _workers_interrupted(manifest: Manifest, jobs: list[ItemJob], running: Iterable[ItemJob],
+                         interrupts: InterruptPolicy | None) -> Interrupted:
+    """A signal stopped a pool of workers: their items are marked interrupted (each keeps its last checkpoint)."""
+    for job in running:
+        manifest.update(job.name, status="interrupted")
+    signum = interrupts.signum if interrupts is not None and interrupts.signum else signal.SIGINT
+    return Interrupted(f"interrupted by {signal_name(signum)}; the running items keep their last checkpoints; "
+                       f"continue with: {jobs[0].resume_command}", signum)
+
+
 def _init_process_worker(threads: int) -> None:
     # The driver alone handles Ctrl-C (the terminal sends it to the whole process group) and stops the workers.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -144,11 +155,7 @@ def run_processes(manifest: Manifest, jobs: list[ItemJob], workers: int,
                 pool = _new_pool(n_workers)
     except KeyboardInterrupt:
         _stop_workers(pool)
-        for job in pending.values():
-            manifest.update(job.name, status="interrupted")
-        signum = interrupts.signum if interrupts is not None and interrupts.signum else signal.SIGINT
-        raise Interrupted(f"interrupted by {signal_name(signum)}; the running items keep their last checkpoints; "
-                          f"continue with: {jobs[0].resume_command}", signum) from None
+        raise _workers_interrupted(manifest, jobs, pending.values(), interrupts) from None
     finally:
         bar.close()
         pool.shutdown(wait=True, cancel_futures=True)
@@ -221,12 +228,9 @@ def run_ray(manifest: Manifest, jobs: list[ItemJob], address: str | None, num_gp
             _finish(manifest, job, result)
             bar.update(1)
     except KeyboardInterrupt:
-        for ref, job in pending.items():
+        for ref in pending:
             ray.cancel(ref)
-            manifest.update(job.name, status="interrupted")
-        signum = interrupts.signum if interrupts is not None and interrupts.signum else signal.SIGINT
-        raise Interrupted(f"interrupted by {signal_name(signum)}; the running items keep their last checkpoints; "
-                          f"continue with: {jobs[0].resume_command}", signum) from None
+        raise _workers_interrupted(manifest, jobs, pending.values(), interrupts) from None
     finally:
         bar.close()
         if started_here:
