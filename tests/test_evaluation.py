@@ -109,6 +109,16 @@ def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
     items = json.loads((out / "manifest.json").read_text())["items"]
     assert all(i["status"] == "done" and i["attempts"] == 1 for i in items)
 
+    # A method added to the grid since: the table of what ran lists it as queued (scripts/gpu_league.py writes the
+    # table of a league stopped by its budget this way).
+    from dreamgen.batch.manifest import Manifest
+    from dreamgen.evaluation.league import write_league
+
+    grid.write_text(grid.read_text() + "  nfsd:\n    loss: nfsd\n")
+    result = write_league(load_grid(str(grid)), out, Manifest.load(out))
+    assert [(r["method"], r["done"], r["runs"]) for r in result["rows"]] == [("sds", 1, 1), ("csd", 1, 1),
+                                                                             ("nfsd", 0, 1)]
+
 
 def test_league_quick_flag_names_the_quick_grid(tmp_path, monkeypatch, capsys):
     import dreamgen.evaluation.league as league

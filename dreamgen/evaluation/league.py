@@ -253,14 +253,15 @@ def write_sheet(grid: Grid, runs: list[dict], out_dir: Path, cell: int = 128) ->
 
 
 def collect(grid: Grid, out_dir: Path, manifest) -> list[dict]:
-    """Every item's outcome, scored when it finished."""
+    """Every item's outcome, scored when it finished (an item the manifest lacks — added to the grid since — is
+    queued)."""
     runs = []
     for it in grid.items():
-        rec = manifest.records[it.name]
+        rec = manifest.records.get(it.name)
         method, _, _ = it.name.partition("__")
-        row = {"name": it.name, "method": method, "prompt": it.prompt, "seed": it.seed, "status": rec.status,
-               "error": rec.error}
-        if rec.status == "done":
+        row = {"name": it.name, "method": method, "prompt": it.prompt, "seed": it.seed,
+               "status": rec.status if rec else "queued", "error": rec.error if rec else None}
+        if rec is not None and rec.status == "done":
             row.update(run_record(out_dir / rec.run_dir, rec.seconds))
         runs.append(row)
     return runs

@@ -9,9 +9,8 @@ Empty-space skipping (``occupancy_grid``) has two implementations behind the sam
   counts, packed compositing; its CUDA extension is JIT-built on first use, minutes on a fresh machine);
 - otherwise (CPU, or ``occupancy_backend: torch`` on any device): :class:`EmptySpaceGrid`, a torch occupancy grid;
   samples in empty cells are not evaluated (σ = 0), the fixed samples per ray are kept.
-Either way call :meth:`VolumeRenderer.update_occupancy` once per training step. Skipping is not neutral: a sample in
-an empty cell gets no gradient, so density cannot grow there between updates, and what a run converges to can
-change (docs/janus.md: text-only SDS on the tv draws its screen with the grid and not without it).
+Either way call :meth:`VolumeRenderer.update_occupancy` once per training step. A sample in an empty cell gets no
+density and no gradient until the next update, so the two implementations (and none) need not give the same run.
 
 nerfacc's packed functions, estimators and samplers need its CUDA extension (and try to JIT-build it when called on
 CPU), so every call of them sits behind an ``is_cuda`` check.
