@@ -18,7 +18,7 @@ import typer
 
 from dreamgen.batch.cli import batch
 from dreamgen.config import job_flags
-from dreamgen.errors import ConfigError, DreamgenError
+from dreamgen.errors import ConfigError, DreamgenError, Interrupted
 from dreamgen.gallery import view
 from dreamgen.interrupts import InterruptPolicy
 
@@ -278,24 +278,48 @@ def league(
     ray_address: Optional[str] = typer.Option(None, "--ray-address"),
     num_gpus: Optional[float] = typer.Option(None, "--num-gpus", help="ray: GPUs per run"),
     quick: bool = typer.Option(False, "--quick", help="The quick grid (the default one; the same as naming it)."),
+    table_only: bool = typer.Option(False, "--table-only", help="Write the table of the runs finished so far in "
+                                                                "--out; run nothing."),
 ) -> None:
     """Run a grid of methods × world prompts × seeds, score every run against the exact objects, rank the methods
-    (league.md, league.json, contact_sheet.png). Resumable: a rerun skips finished runs."""
+    (league.md, league.json, contact_sheet.png). Resumable: a rerun skips finished runs; an interrupted league
+    writes the table of what finished before it stops."""
     import shlex
-    import shutil
 
+    from dreamgen.batch.manifest import Manifest
     from dreamgen.batch.run import BatchOptions, run_batch
-    from dreamgen.evaluation.league import load_grid, write_league
-    from dreamgen.runs import atomic_write_text
+    from dreamgen.evaluation.league import load_grid
 
     if quick and grid != "quick":
         raise ConfigError(f"--quick names the quick grid; got the grid {grid!r} too: give one")
     spec = load_grid(grid)
     out_dir = out or Path("outputs") / f"league-{spec.name}"
+    if table_only:
+        manifest = Manifest.load(out_dir)
+        if manifest is None:
+            raise DreamgenError(f"{out_dir} holds no league (no manifest.json): nothing to tabulate")
+        _write_league_table(spec, out_dir, manifest, doc)
+        return
     opts = BatchOptions(overrides=list(overrides or []), executor=executor, workers=workers,
                         ray_address=ray_address, num_gpus=num_gpus, evaluate=True, resume_command=shlex.join(["dreamgen", *sys.argv[1:]]))
-    done = run_batch(spec.items(), f"league grid {spec.name}", out_dir, opts, ctx.obj)
-    result = write_league(spec, out_dir, done["manifest"])
+    try:
+        done = run_batch(spec.items(), f"league grid {spec.name}", out_dir, opts, ctx.obj)
+    except Interrupted:
+        manifest = Manifest.load(out_dir)
+        if manifest is not None:  # the finished runs' table, so a stopped league still reports what it measured
+            _write_league_table(spec, out_dir, manifest, doc)
+        raise
+    _write_league_table(spec, out_dir, done["manifest"], doc)
+
+
+def _write_league_table(spec, out_dir: Path, manifest, doc: Optional[Path]) -> None:
+    """league.md/json and the contact sheet in out_dir (and the table at ``doc``), one line per method on stdout."""
+    import shutil
+
+    from dreamgen.evaluation.league import write_league
+    from dreamgen.runs import atomic_write_text
+
+    result = write_league(spec, out_dir, manifest)
     if doc is not None:
         doc.parent.mkdir(parents=True, exist_ok=True)
         text = result["markdown"].read_text()
@@ -308,6 +332,8 @@ def league(
         typer.echo(f"{row['method']:<16} sil. IoU {row['silhouette_iou'] or 0:.3f}  vol. IoU "
                    f"{row['volumetric_iou'] or 0:.3f}  rank-1 {row['rank1']}/{row['done']}")
     typer.echo(f"{result['markdown']}" + (f", {doc}" if doc else ""))
+
+
 app.command()(view)
 
 

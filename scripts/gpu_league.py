@@ -6,7 +6,7 @@
 
 Runs ``dreamgen league GRID --executor processes --workers N`` (the runs share the GPU; the embedded prior is small),
 stops it with SIGTERM when ``--budget`` seconds are spent (the running items keep their checkpoints; the same command
-later resumes them), writes the table of what finished (league.md, league.json, contact_sheet.png) and packs the
+later resumes them; the league writes the table of what finished: league.md, league.json, contact_sheet.png) and packs the
 league folder without checkpoints, meshes, turntables and intermediate previews (the table's inputs: manifest,
 eval.json, metrics.jsonl, final previews) plus
 ``gpu.log`` (nvidia-smi's utilisation and memory every 5 s) and ``mps.log``.
@@ -25,6 +25,8 @@ import sys
 import tarfile
 import time
 from pathlib import Path
+
+from dreamgen.device import usable_cpus
 
 CUDA_PROBE = "import torch; x = torch.ones(1024, device='cuda'); print(torch.cuda.get_device_name(), float(x.sum()))"
 
@@ -79,17 +81,13 @@ def run_league(args: argparse.Namespace) -> int:
     return proc.returncode
 
 
-def write_table(args: argparse.Namespace) -> None:
-    from dreamgen.batch.manifest import Manifest
-    from dreamgen.evaluation.league import load_grid, write_league
-
-    manifest = Manifest.load(args.out)
-    if manifest is None:
-        log("no manifest: nothing ran")
+def write_table(args: argparse.Namespace, returncode: int) -> None:
+    """The league writes its table of finished runs when SIGTERM stops it; after a SIGKILL (it did not stop within a
+    minute) or a crash, write it from the manifest."""
+    if returncode in (0, 128 + signal.SIGTERM):
         return
-    result = write_league(load_grid(args.grid), args.out, manifest)
-    for row in result["rows"]:
-        log(f"{row['method']:<22} done {row['done']}  sil {row['silhouette_iou'] or 0:.3f}  janus {row.get('janus')}")
+    subprocess.run([sys.executable, "-m", "dreamgen", "league", args.grid, "--out", str(args.out), "--table-only"],
+                   check=False)
 
 
 def pack(args: argparse.Namespace, extra: list[Path]) -> None:
@@ -107,7 +105,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("grid")
     ap.add_argument("overrides", nargs="*", help="key=value for every run")
-    ap.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    ap.add_argument("--workers", type=int, default=usable_cpus())
     ap.add_argument("--budget", type=float, default=480.0, help="seconds for the runs; then SIGTERM")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--pack", type=Path, default=None, help="tar.gz of the results")
@@ -126,8 +124,7 @@ def main() -> int:
     except OSError:
         log("nvidia-smi not found: no gpu.log")
     try:
-        run_league(args)
-        write_table(args)
+        write_table(args, run_league(args))
     finally:
         if smi is not None:
             smi.terminate()

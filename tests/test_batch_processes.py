@@ -72,3 +72,22 @@ def test_sigterm_stops_the_workers_and_a_rerun_resumes(tmp_path):
         assert rec["resumed_from"] > 0
         steps = [json.loads(ln)["step"] for ln in (out / name / "metrics.jsonl").read_text().splitlines()]
         assert steps == list(range(1, 401))  # nothing lost or repeated past the checkpoint
+
+
+@pytest.mark.parametrize("files, expected", [
+    ({}, "affinity"),                                                   # no cgroup files: the affinity mask
+    ({"cpu.max": "max 100000\n"}, "affinity"),                          # v2, no quota
+    ({"cpu.max": "100000 100000\n"}, 1),                                # v2, one core
+    ({"cpu.max": "150000 100000\n"}, 2),                                # v2, 1.5 cores: 2 busy processes fit
+    ({"cpu/cpu.cfs_quota_us": "100000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 1),  # v1
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, "affinity"),  # v1, no quota
+    ({"cpu.max": "garbage\n"}, "affinity"),
+])
+def test_usable_cpus_reads_the_container_quota(tmp_path, monkeypatch, files, expected):
+    from dreamgen.device import usable_cpus
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))  # a 64-core host
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert usable_cpus(tmp_path) == (64 if expected == "affinity" else expected)

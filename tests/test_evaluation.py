@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import signal
 from pathlib import Path
 
 import pytest
@@ -109,15 +110,33 @@ def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
     items = json.loads((out / "manifest.json").read_text())["items"]
     assert all(i["status"] == "done" and i["attempts"] == 1 for i in items)
 
-    # A method added to the grid since: the table of what ran lists it as queued (scripts/gpu_league.py writes the
-    # table of a league stopped by its budget this way).
-    from dreamgen.batch.manifest import Manifest
-    from dreamgen.evaluation.league import write_league
+    # A method added to the grid since, and the league stopped by SIGTERM before it ran: the table of the finished
+    # runs is written all the same, listing the new method as queued, and the command exits as interrupted.
+    import dreamgen.batch.run as batch_run
+    from dreamgen.errors import Interrupted
+
+    def stopped(*args, **kwargs):
+        raise Interrupted("interrupted by SIGTERM; continue with: dreamgen league", signal.SIGTERM)
 
     grid.write_text(grid.read_text() + "  nfsd:\n    loss: nfsd\n")
-    result = write_league(load_grid(str(grid)), out, Manifest.load(out))
-    assert [(r["method"], r["done"], r["runs"]) for r in result["rows"]] == [("sds", 1, 1), ("csd", 1, 1),
-                                                                             ("nfsd", 0, 1)]
+    (out / "league.json").unlink()
+    monkeypatch.setattr(batch_run, "run_batch", stopped)
+    code, text = _league(monkeypatch, capsys, grid, *TINY, "--out", out, "--doc", doc)
+    assert code == 128 + signal.SIGTERM and "interrupted by SIGTERM" in text and "Traceback" not in text
+    queued = [("sds", 1, 1), ("csd", 1, 1), ("nfsd", 0, 1)]
+    rows = json.loads((out / "league.json").read_text())["methods"]
+    assert [(r["method"], r["done"], r["runs"]) for r in rows] == queued
+    assert "| nfsd | 0/1 |" in doc.read_text()
+
+    # --table-only: the table again from the manifest, nothing run (run_batch still raises if called)
+    (out / "league.json").unlink()
+    code, text = _league(monkeypatch, capsys, grid, "--out", out, "--table-only")
+    assert code == 0, text
+    rows = json.loads((out / "league.json").read_text())["methods"]
+    assert [(r["method"], r["done"], r["runs"]) for r in rows] == queued
+    code, text = _league(monkeypatch, capsys, grid, "--out", tmp_path / "empty", "--table-only")
+    assert code == 2 and "holds no league (no manifest.json)" in text and "Traceback" not in text
+    assert not (tmp_path / "empty").exists()
 
 
 def test_league_quick_flag_names_the_quick_grid(tmp_path, monkeypatch, capsys):

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
-import os
 import shutil
 import signal
 from collections import deque
@@ -27,6 +26,7 @@ import torch
 
 from dreamgen.batch.manifest import Manifest, now
 from dreamgen.batch.runner import ItemInterrupted, ItemJob, run_item
+from dreamgen.device import usable_cpus
 from dreamgen.errors import DreamgenError, Interrupted
 from dreamgen.interrupts import InterruptPolicy, signal_name
 from dreamgen.progress import Progress
@@ -114,7 +114,7 @@ def _run_in_process(job: ItemJob) -> dict[str, Any]:
 
 def _new_pool(workers: int) -> ProcessPoolExecutor:
     # spawn, not fork: a forked child cannot initialise CUDA, and it would inherit the driver's signal handlers.
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cpus() // workers)
     return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
                                initializer=_init_process_worker, initargs=(threads,))
 

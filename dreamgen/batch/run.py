@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from dreamgen.batch.inputs import BatchItem
 from dreamgen.batch.manifest import Manifest
 from dreamgen.batch.report import write_contact_sheet, write_summary
 from dreamgen.batch.runner import make_job, plan
+from dreamgen.device import usable_cpus
 from dreamgen.errors import DreamgenError
 from dreamgen.interrupts import InterruptPolicy
 
@@ -63,7 +63,7 @@ def run_batch(items: list[BatchItem], source: str, out_dir: Path, opts: BatchOpt
     if jobs and opts.executor == "local":
         run_local(manifest, jobs, devices=[f"cuda:{d}" for d in devices] if devices else None, interrupts=interrupts)
     elif jobs and opts.executor == "processes":
-        run_processes(manifest, jobs, opts.workers or os.cpu_count() or 1, interrupts=interrupts)
+        run_processes(manifest, jobs, opts.workers or usable_cpus(), interrupts=interrupts)
     elif jobs:
         run_ray(manifest, jobs, opts.ray_address, opts.num_gpus, interrupts=interrupts)
     names = [it.name for it in items]
