@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
@@ -21,6 +21,10 @@ from dreamgen.config import job_flags
 from dreamgen.errors import ConfigError, DreamgenError, Interrupted
 from dreamgen.gallery import view
 from dreamgen.interrupts import InterruptPolicy
+
+if TYPE_CHECKING:
+    from dreamgen.batch.manifest import Manifest
+    from dreamgen.evaluation.league import Grid
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Text-to-3D by score distillation.")
@@ -312,7 +316,7 @@ def league(
     _write_league_table(spec, out_dir, done["manifest"], doc)
 
 
-def _write_league_table(spec, out_dir: Path, manifest, doc: Optional[Path]) -> None:
+def _write_league_table(spec: Grid, out_dir: Path, manifest: Manifest, doc: Optional[Path]) -> None:
     """league.md/json and the contact sheet in out_dir (and the table at ``doc``), one line per method on stdout."""
     import shutil
 

@@ -75,8 +75,10 @@ class Check:
 
 def start_nerfacc_build() -> subprocess.Popen:
     """Compile nerfacc's CUDA extension for this GPU only, in the background (it is cached for later processes)."""
+    from dreamgen.device import usable_cpus
+
     major, minor = torch.cuda.get_device_capability()
-    env = {**os.environ, "TORCH_CUDA_ARCH_LIST": f"{major}.{minor}", "MAX_JOBS": str(os.cpu_count() or 4)}
+    env = {**os.environ, "TORCH_CUDA_ARCH_LIST": f"{major}.{minor}", "MAX_JOBS": str(usable_cpus())}
     code = "import nerfacc.cuda._backend as b; assert b._C is not None, 'nerfacc CUDA extension not built'"
     return subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)
