@@ -201,3 +201,9 @@ def test_league_rows_count_janus_runs_with_their_interval(tmp_path):
     assert "janus_p_vs_first" not in sds and cam["janus_p_vs_first"] == pytest.approx(12 / 28)  # (6 + 6) / C(8, 2)
     md = write_markdown(grid, [sds, cam], runs, tmp_path / "l.md", None).read_text()
     assert "| 0.50 (2/4; 0.07–0.93) |" in md and "| 0.00 (0/4; 0.00–0.60; p 0.43) |" in md
+    assert "| sds1 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 | 0.75 |" in md  # no soft score: none shown
+
+    runs[0]["front_soft"] = 0.456  # eval.json's per-view soft front scores, averaged by run_record
+    md = write_markdown(grid, [sds, cam], runs, tmp_path / "l.md", None).read_text()
+    assert "| sds0 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 (0.46) | 1.00 |" in md
+    assert "| sds1 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 | 0.75 |" in md

@@ -62,6 +62,11 @@ def test_ground_truth_scores_perfectly(shape):
     assert r["rank1"] and max(r["shape_scores"], key=r["shape_scores"].get) == shape
     has_front = shape in FRONT_FEATURE_SHAPES
     assert (r["janus"], r["front_feature"]) == ((0.0, 1.0) if has_front else (None, None))
+    if has_front:  # the truth is nearer its own back and front than the variants in every view, by a wide margin
+        assert len(r["janus_soft"]) == len(r["front_feature_soft"]) == 4
+        assert max(r["janus_soft"]) < 0.2 and min(r["front_feature_soft"]) > 0.8
+    else:
+        assert r["janus_soft"] is None and r["front_feature_soft"] is None
 
 
 @pytest.mark.parametrize("shape,use_occ", [("sphere", False), ("cube", False), ("cone", True), ("torus", True),

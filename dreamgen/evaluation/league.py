@@ -115,7 +115,8 @@ def run_record(run_dir: Path, seconds: float | None) -> dict[str, Any] | None:
     return {
         "silhouette_iou": ev["silhouette_iou"], "volumetric_iou": ev["volumetric_iou"],
         "colour_error": ev["colour_error"], "rank1": bool(ev["rank1"]), "janus": ev.get("janus"),
-        "front_feature": ev.get("front_feature"), "mesh_volumetric_iou": mesh.get("mesh_volumetric_iou"),
+        "front_feature": ev.get("front_feature"), "front_soft": _mean(ev.get("front_feature_soft") or []),
+        "mesh_volumetric_iou": mesh.get("mesh_volumetric_iou"),
         "chamfer": mesh.get("chamfer"), "genus_right": mesh.get("genus_right"),
         "s_per_step": statistics.fmean(step_s) if step_s else None, "s_to_glb": seconds,
     }
@@ -187,6 +188,13 @@ def _janus_cell(row: dict) -> str:
     return f"{row['janus_rate']:.2f} ({k}/{n}; {lo:.2f}–{hi:.2f}" + ("" if p is None else f"; p {p:.2g}") + ")"
 
 
+def _front_cell(run: dict) -> str:
+    """The front-feature score, with the mean of its views' soft scores (≥ 0.5: closer to the true front than to
+    the faceless one) where eval.json has them: how near a run scored 0 came to drawing the feature."""
+    soft = run.get("front_soft")
+    return _f(run["front_feature"]) + ("" if soft is None else f" ({soft:.2f})")
+
+
 def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, sheet: Path | None) -> Path:
     head = ["method", "done", "sil. IoU (± seeds)", "vol. IoU", "mesh vol. IoU", "Chamfer", "colour err.",
             "rank-1", "genus right", "front feature (rate ≥ 0.5)", "Janus rate (runs; 95 % CI; p vs row 1)", "s/step",
@@ -205,14 +213,14 @@ def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, s
             _f(r["s_per_step"], 3),
             _f(r["s_to_glb"], 0)]) + " |")
     lines += ["", "Per run:", "", "| run | sil. IoU | vol. IoU | mesh vol. IoU | Chamfer | colour err. | rank-1 | "
-              "genus right | front | Janus |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "genus right | front (soft) | Janus |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if r.get("status") != "done":
             lines.append(f"| {r['name']} | {r.get('status')}: {r.get('error') or ''} |||||||||")
             continue
         lines.append(f"| {r['name']} | {_f(r['silhouette_iou'])} | {_f(r['volumetric_iou'])} | "
                      f"{_f(r['mesh_volumetric_iou'])} | {_f(r['chamfer'], 3)} | {_f(r['colour_error'], 3)} | "
-                     f"{'yes' if r['rank1'] else 'no'} | {r['genus_right']} | {_f(r['front_feature'])} | "
+                     f"{'yes' if r['rank1'] else 'no'} | {r['genus_right']} | {_front_cell(r)} | "
                      f"{_f(r['janus'])} |")
     if sheet is not None:
         lines += ["", f"![contact sheet]({sheet.name})"]

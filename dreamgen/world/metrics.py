@@ -279,7 +279,7 @@ def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: in
     - silhouette_iou, colour_error: over the orbit (colour_error_per_view: each orbit view's, from the front);
       volumetric_iou: None without occ_fn;
     - janus, front_feature: :func:`janus_score`'s and :func:`front_feature_score`'s scores for shapes with a front
-      (:data:`FRONT_FEATURE_SHAPES`), else None;
+      (:data:`FRONT_FEATURE_SHAPES`), else None; janus_soft, front_feature_soft: their per-view soft scores;
     - shape_scores: for every world shape, the result re-aligned to that shape and scored by the mean silhouette
       IoU over the orbit (averaged with the volumetric IoU when occ_fn is given); rank1: True when the true shape
       scores highest. The other shapes' silhouettes come from ``silhouette_fn`` when given (a cheaper render of
@@ -308,10 +308,11 @@ def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: in
             result = {"scale": alignment.scale, "offset": alignment.offset, "silhouette_iou": sil,
                       "colour_error": foreground_colour_error(rgb, mask, rgb_gt, mask_gt), "volumetric_iou": vol,
                       "colour_error_per_view": colour_errors(rgb, mask, rgb_gt, mask_gt)}
-            result["janus"] = result["front_feature"] = None
+            result["janus"] = result["front_feature"] = result["janus_soft"] = result["front_feature_soft"] = None
             if shape in FRONT_FEATURE_SHAPES:
                 for key, score in (("janus", janus_score), ("front_feature", front_feature_score)):
-                    result[key] = score(render_fn, colour, shape, alignment, resolution=resolution,
-                                        camera_cfg=cfg)["score"]
+                    out = score(render_fn, colour, shape, alignment, resolution=resolution, camera_cfg=cfg)
+                    # the per-view soft scores show how near a run whose verdict is 0 came to drawing the feature
+                    result[key], result[f"{key}_soft"] = out["score"], out["soft"]
     best = max(scores, key=scores.get)
     return {"colour": colour, "shape": shape, **result, "shape_scores": scores, "rank1": best == shape}
