@@ -302,6 +302,8 @@ def league(
         manifest = Manifest.load(out_dir)
         if manifest is None:
             raise DreamgenError(f"{out_dir} holds no league (no manifest.json): nothing to tabulate")
+        if not _any_done(manifest):
+            raise DreamgenError(f"no run of {out_dir} has finished: nothing to tabulate")
         _write_league_table(spec, out_dir, manifest, doc)
         return
     opts = BatchOptions(overrides=list(overrides or []), executor=executor, workers=workers,
@@ -310,10 +312,16 @@ def league(
         done = run_batch(spec.items(), f"league grid {spec.name}", out_dir, opts, ctx.obj)
     except Interrupted:
         manifest = Manifest.load(out_dir)
-        if manifest is not None:  # the finished runs' table, so a stopped league still reports what it measured
+        if manifest is not None and _any_done(manifest):  # a stopped league still reports what it measured
             _write_league_table(spec, out_dir, manifest, doc)
+        elif doc is not None:  # an empty table would replace a finished league's doc
+            typer.echo(f"no run finished: {doc} left as it was", err=True)
         raise
     _write_league_table(spec, out_dir, done["manifest"], doc)
+
+
+def _any_done(manifest: Manifest) -> bool:
+    return any(rec.status == "done" for rec in manifest.records.values())
 
 
 def _write_league_table(spec: Grid, out_dir: Path, manifest: Manifest, doc: Optional[Path]) -> None:

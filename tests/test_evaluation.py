@@ -139,6 +139,32 @@ def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
     assert not (tmp_path / "empty").exists()
 
 
+def test_league_stopped_before_any_run_finished_keeps_the_doc(tmp_path, monkeypatch, capsys):
+    """A league restarted into an empty folder and stopped at once has measured nothing: the table of an earlier,
+    finished league at --doc stays as it was, and --table-only on that folder says there is nothing to tabulate."""
+    import dreamgen.batch.run as batch_run
+    from dreamgen.batch.manifest import Manifest
+    from dreamgen.errors import Interrupted
+
+    grid = tmp_path / "mini.yaml"
+    grid.write_text("prompts: [a red cube]\nseeds: [0, 1]\nmethods:\n  sds: {}\n")
+    out, doc = tmp_path / "league", tmp_path / "docs" / "mini.md"
+    doc.parent.mkdir()
+    doc.write_text("| sds | 2/2 | 0.80 |\n")
+
+    def stopped(items, source, out_dir, opts, obj):
+        Manifest.open(out_dir, items, source, [])  # started: every item queued, none done
+        raise Interrupted("interrupted by SIGTERM; continue with: dreamgen league", signal.SIGTERM)
+
+    monkeypatch.setattr(batch_run, "run_batch", stopped)
+    code, text = _league(monkeypatch, capsys, grid, "--out", out, "--doc", doc)
+    assert code == 128 + signal.SIGTERM and f"no run finished: {doc} left as it was" in text
+    assert doc.read_text() == "| sds | 2/2 | 0.80 |\n" and not (out / "league.json").exists()
+    code, text = _league(monkeypatch, capsys, grid, "--out", out, "--table-only", "--doc", doc)
+    assert code == 2 and "has finished: nothing to tabulate" in text and "Traceback" not in text
+    assert doc.read_text() == "| sds | 2/2 | 0.80 |\n"
+
+
 def test_league_quick_flag_names_the_quick_grid(tmp_path, monkeypatch, capsys):
     import dreamgen.evaluation.league as league
 
