@@ -126,7 +126,7 @@ def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
     queued = [("sds", 1, 1), ("csd", 1, 1), ("nfsd", 0, 1)]
     rows = json.loads((out / "league.json").read_text())["methods"]
     assert [(r["method"], r["done"], r["runs"]) for r in rows] == queued
-    assert "| nfsd | 0/1 |" in doc.read_text()
+    assert "| nfsd | 0/1 |" in doc.read_text() and "| nfsd__a-red-cube__s0 | queued |" in doc.read_text()
 
     # --table-only: the table again from the manifest, nothing run (run_batch still raises if called)
     (out / "league.json").unlink()

@@ -216,7 +216,8 @@ def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, s
               "genus right | front (soft) | Janus |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if r.get("status") != "done":
-            lines.append(f"| {r['name']} | {r.get('status')}: {r.get('error') or ''} |||||||||")
+            why = f"{r['status']}: {r['error']}" if r.get("error") else r.get("status")
+            lines.append(f"| {r['name']} | {why} |||||||||")
             continue
         lines.append(f"| {r['name']} | {_f(r['silhouette_iou'])} | {_f(r['volumetric_iou'])} | "
                      f"{_f(r['mesh_volumetric_iou'])} | {_f(r['chamfer'], 3)} | {_f(r['colour_error'], 3)} | "
@@ -235,13 +236,14 @@ def write_sheet(grid: Grid, runs: list[dict], out_dir: Path, cell: int = 128) ->
              if r.get("status") == "done"}
     if not first:
         return None
-    label = 110
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label = max(110, 12 + max(int(probe.textlength(m.name)) for m in grid.methods))  # whole method names
     sheet = Image.new("RGB", (label + cell * len(grid.prompts), 18 + cell * len(grid.methods)), "white")
     draw = ImageDraw.Draw(sheet)
     for j, p in enumerate(grid.prompts):
         draw.text((label + j * cell + 4, 3), p[:22], fill="black")
     for i, m in enumerate(grid.methods):
-        draw.text((4, 18 + i * cell + cell // 2), m.name[:16], fill="black")
+        draw.text((4, 18 + i * cell + cell // 2), m.name, fill="black")
         for j, p in enumerate(grid.prompts):
             r = first.get((m.name, p))
             if r is None:
