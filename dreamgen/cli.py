@@ -200,6 +200,9 @@ def eval_run(
 
     m = evaluate_run(run_dir, views, resolution)
     front = "" if m["front_feature"] is None else f", front feature {m['front_feature']:.2f}, Janus {m['janus']:.2f}"
+    if m["front_feature_on_shape"] is not None:
+        front += (f" (on its own shape: front {m['front_feature_on_shape']:.2f}, "
+                  f"Janus {m['janus_on_shape']:.2f})")
     mesh = m["mesh"]
     glb = "" if mesh is None else (f"; mesh.glb: volumetric IoU {mesh['mesh_volumetric_iou']:.3f}, Chamfer "
                                    f"{mesh['chamfer']:.3f}, genus {mesh['genus']} (true {mesh['true_genus']}), "

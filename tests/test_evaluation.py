@@ -75,6 +75,52 @@ def test_every_packaged_grid_composes_every_run(name):
     assert guidance <= {"shapes", "shapes64", "shapes-cam"}  # the world's prompts run on the embedded prior
 
 
+# ---- a run's own surface, repainted ------------------------------------------------------------------------------
+@pytest.mark.parametrize("stages", ["[nerf]", "[nerf,dmtet]"])
+def test_a_run_repainted_keeps_its_shape_and_scores_on_it(tmp_path, stages):
+    import torch
+
+    from dreamgen.evaluation.run import evaluate_run, repainted
+    from dreamgen.session import Session, load_scene
+    from dreamgen.world.metrics import arc_cameras
+
+    fine = ["fine.steps=1", "fine.resolution=16", "fine.geometry.grid_resolution=8"]
+    cfg = load_config(None, [*TINY, "trainer.steps=2", f"stages={stages}", *fine, "export.turntable_frames=0"],
+                      prompt="a yellow house", out_dir=str(tmp_path))
+    Session.new(cfg).run(None)
+    run = next(p for p in tmp_path.iterdir() if p.is_dir())
+    _, scene, _ = load_scene(run)
+    renderer, geometry = scene.renderers[0], scene.particles[0]
+    renderer.eval()
+    cams = arc_cameras(0.0, 2, 24)
+
+    def render(mode):
+        with torch.no_grad():
+            out = renderer(cams, shading=mode, train=False)
+        return out["rgb"], out["opacity"]
+
+    before = render("albedo")
+    paints = {name: torch.tensor(rgb) for name, rgb in (("green", [0.1, 0.8, 0.2]), ("red", [0.9, 0.1, 0.1]))}
+    seen = {}
+    for name, rgb in paints.items():
+        with repainted(geometry, lambda p, rgb=rgb: rgb.to(p).expand_as(p)):
+            seen[name] = render("albedo")
+        torch.testing.assert_close(seen[name][1], before[1])  # the shape untouched
+    opacity = before[1]
+    assert opacity.max() > 0.05
+    # the paint is all that changed: the two renders differ by opacity · (green − red) in every pixel
+    torch.testing.assert_close(seen["green"][0] - seen["red"][0], opacity * (paints["green"] - paints["red"]),
+                               atol=1e-4, rtol=1e-3)
+    after = render("albedo")
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])  # and its own paint back
+
+    m = evaluate_run(run, n_views=2, resolution=24)
+    assert m["stage"] == stages.strip("[]").split(",")[-1]
+    assert m["front_feature_on_shape"] in (0.0, 0.25, 0.5, 0.75, 1.0) and m["janus_on_shape"] is not None
+    saved = json.loads((run / "eval.json").read_text())
+    assert saved["front_feature_on_shape_soft"] == m["front_feature_on_shape_soft"]
+
+
 # ---- a whole league -----------------------------------------------------------------------------------------------
 TINY = [*SMALL_RUN, "trainer.steps=3", "renderer.num_samples=12", "export.resolution=32", "export.texture=false",
         "export.turntable_frames=2", "export.turntable_resolution=32", "trainer.preview_every=0",
@@ -134,6 +180,11 @@ def test_league_runs_scores_writes_and_resumes(tmp_path, monkeypatch, capsys):
     assert code == 0, text
     rows = json.loads((out / "league.json").read_text())["methods"]
     assert [(r["method"], r["done"], r["runs"]) for r in rows] == queued
+    # an eval.json written before the on-shape scores existed is scored again
+    ev = sorted(out.glob("*/eval.json"))[0]
+    ev.write_text(json.dumps({k: v for k, v in json.loads(ev.read_text()).items() if "on_shape" not in k}))
+    code, text = _league(monkeypatch, capsys, grid, "--out", out, "--table-only")
+    assert code == 0 and "front_feature_on_shape" in json.loads(ev.read_text()), text
     code, text = _league(monkeypatch, capsys, grid, "--out", tmp_path / "empty", "--table-only")
     assert code == 2 and "holds no league (no manifest.json)" in text and "Traceback" not in text
     assert not (tmp_path / "empty").exists()
@@ -229,7 +280,16 @@ def test_league_rows_count_janus_runs_with_their_interval(tmp_path):
     assert "| 0.50 (2/4; 0.07–0.93) |" in md and "| 0.00 (0/4; 0.00–0.60; p 0.43) |" in md
     assert "| sds1 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 | 0.75 |" in md  # no soft score: none shown
 
+    assert "| sds1 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 | 0.75 | – |" in md  # nor on-shape
+    assert "| 0.50 (2/4; 0.07–0.93) | – |" in md
+
     runs[0]["front_soft"] = 0.456  # eval.json's per-view soft front scores, averaged by run_record
+    for r, (front, janus) in zip(runs[:4], [(1.0, 1.0), (0.25, 0.5), (0.75, 0.0), (None, None)]):
+        r["front_on_shape"], r["janus_on_shape"] = front, janus  # the last evaluated before these scores
+    sds, cam = summarise(grid, runs)
+    assert sds["front_on_shape_runs"] == [2, 3] and sds["janus_on_shape_runs"] == [1, 3]
     md = write_markdown(grid, [sds, cam], runs, tmp_path / "l.md", None).read_text()
-    assert "| sds0 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 (0.46) | 1.00 |" in md
-    assert "| sds1 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 | 0.75 |" in md
+    assert "| sds0 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 (0.46) | 1.00 | 1.00, 1.00 |" in md
+    assert "| sds1 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 | 0.75 | 0.25, 0.50 |" in md
+    assert "| sds3 | 0.60 | 0.20 | 0.20 | 0.100 | 0.100 | no | True | 1.00 | 0.25 | – |" in md
+    assert "| 0.50 (2/4; 0.07–0.93) | 2/3, 1/3 |" in md and "| 0.00 (0/4; 0.00–0.60; p 0.43) | – |" in md

@@ -108,7 +108,9 @@ def run_record(run_dir: Path, seconds: float | None) -> dict[str, Any] | None:
     fresh = ev_path.exists() and ev_path.stat().st_mtime >= max(
         (p.stat().st_mtime for p in (run_dir / "mesh.glb", run_dir / "checkpoints" / "last.pt") if p.exists()),
         default=0)
-    ev = json.loads(ev_path.read_text()) if fresh else evaluate_run(run_dir)
+    ev = json.loads(ev_path.read_text()) if fresh else None
+    if ev is None or "front_feature_on_shape" not in ev:  # not scored yet, or by a dreamgen before that score
+        ev = evaluate_run(run_dir)
     recs = MetricsLog(run_dir / "metrics.jsonl").read()
     step_s = [sum(v for k, v in r.items() if k.startswith("time_")) for r in recs[1:]]
     mesh = ev.get("mesh") or {}
@@ -116,6 +118,7 @@ def run_record(run_dir: Path, seconds: float | None) -> dict[str, Any] | None:
         "silhouette_iou": ev["silhouette_iou"], "volumetric_iou": ev["volumetric_iou"],
         "colour_error": ev["colour_error"], "rank1": bool(ev["rank1"]), "janus": ev.get("janus"),
         "front_feature": ev.get("front_feature"), "front_soft": _mean(ev.get("front_feature_soft") or []),
+        "front_on_shape": ev.get("front_feature_on_shape"), "janus_on_shape": ev.get("janus_on_shape"),
         "mesh_volumetric_iou": mesh.get("mesh_volumetric_iou"),
         "chamfer": mesh.get("chamfer"), "genus_right": mesh.get("genus_right"),
         "s_per_step": statistics.fmean(step_s) if step_s else None, "s_to_glb": seconds,
@@ -166,6 +169,10 @@ def summarise(grid: Grid, runs: list[dict]) -> list[dict[str, Any]]:
         row["janus_runs"] = [sum(janus), len(janus)]
         row["janus_rate_ci95"] = list(janus_interval(sum(janus), len(janus))) if janus else None
         row["front_rate"] = _mean([r["front_feature"] >= 0.5 for r in done if r["front_feature"] is not None])
+        # as front_rate and janus_rate count; absent from runs evaluated before these scores existed
+        front, janus = ([r[k] for r in done if r.get(k) is not None] for k in ("front_on_shape", "janus_on_shape"))
+        row["front_on_shape_runs"] = [sum(v >= 0.5 for v in front), len(front)]
+        row["janus_on_shape_runs"] = [sum(v > 0.5 for v in janus), len(janus)]
         row["silhouette_iou_seed_std"] = _seed_spread(done, "silhouette_iou")
         rows.append(row)
     for row in rows[1:]:  # each method's Janus count against the grid's first (its baseline)
@@ -195,10 +202,22 @@ def _front_cell(run: dict) -> str:
     return _f(run["front_feature"]) + ("" if soft is None else f" ({soft:.2f})")
 
 
+def _on_shape_run_cell(run: dict) -> str:
+    front, janus = run.get("front_on_shape"), run.get("janus_on_shape")
+    return "–" if front is None else f"{front:.2f}, {janus:.2f}"
+
+
+def _on_shape_cell(row: dict) -> str:
+    """'2/10, 0/10': the runs that show their front feature (score ≥ 0.5), and that are Janus (> 0.5), judged on
+    their own surface."""
+    counts = [row[f"{key}_runs"] for key in ("front_on_shape", "janus_on_shape")]
+    return "–" if not counts[0][1] else ", ".join(f"{k}/{n}" for k, n in counts)
+
+
 def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, sheet: Path | None) -> Path:
     head = ["method", "done", "sil. IoU (± seeds)", "vol. IoU", "mesh vol. IoU", "Chamfer", "colour err.",
-            "rank-1", "genus right", "front feature (rate ≥ 0.5)", "Janus rate (runs; 95 % CI; p vs row 1)", "s/step",
-            "s to GLB"]
+            "rank-1", "genus right", "front feature (rate ≥ 0.5)", "Janus rate (runs; 95 % CI; p vs row 1)",
+            "on its own shape: front, Janus (runs)", "s/step", "s to GLB"]
     lines = [f"# dreamgen league: {grid.name}", "",
              f"{len(grid.methods)} method(s) × {len(grid.prompts)} prompt(s) × {len(grid.seeds)} seed(s); "
              f"overrides for every run: `{' '.join(grid.overrides) or 'none'}`.", "",
@@ -210,19 +229,20 @@ def write_markdown(grid: Grid, rows: list[dict], runs: list[dict], path: Path, s
             f"{_f(r['silhouette_iou'])} (± {_f(r['silhouette_iou_seed_std'])})", _f(r["volumetric_iou"]),
             _f(r["mesh_volumetric_iou"]), _f(r["chamfer"], 3), _f(r["colour_error"], 3), f"{r['rank1']}/{n}",
             f"{r['genus_right']}/{n}", f"{_f(r['front_feature'])} ({_f(r['front_rate'])})", _janus_cell(r),
-            _f(r["s_per_step"], 3),
+            _on_shape_cell(r), _f(r["s_per_step"], 3),
             _f(r["s_to_glb"], 0)]) + " |")
     lines += ["", "Per run:", "", "| run | sil. IoU | vol. IoU | mesh vol. IoU | Chamfer | colour err. | rank-1 | "
-              "genus right | front (soft) | Janus |", "|---|---|---|---|---|---|---|---|---|---|"]
+              "genus right | front (soft) | Janus | on its own shape: front, Janus |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         if r.get("status") != "done":
             why = f"{r['status']}: {r['error']}" if r.get("error") else r.get("status")
-            lines.append(f"| {r['name']} | {why} |||||||||")
+            lines.append(f"| {r['name']} | {why} ||||||||||")
             continue
         lines.append(f"| {r['name']} | {_f(r['silhouette_iou'])} | {_f(r['volumetric_iou'])} | "
                      f"{_f(r['mesh_volumetric_iou'])} | {_f(r['chamfer'], 3)} | {_f(r['colour_error'], 3)} | "
                      f"{'yes' if r['rank1'] else 'no'} | {r['genus_right']} | {_front_cell(r)} | "
-                     f"{_f(r['janus'])} |")
+                     f"{_f(r['janus'])} | {_on_shape_run_cell(r)} |")
     if sheet is not None:
         lines += ["", f"![contact sheet]({sheet.name})"]
     atomic_write_text(path, "\n".join(lines) + "\n")

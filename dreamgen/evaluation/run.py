@@ -10,7 +10,8 @@ exported ``mesh.glb``, the asset is scored too (:mod:`dreamgen.evaluation.mesh`)
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,19 @@ def occupancy_fn(geometry, export_cfg) -> tuple[Callable[[torch.Tensor], torch.T
     return (lambda p: geometry.density(p.to(device)) > tau), float(tau)
 
 
+@contextmanager
+def repainted(geometry, paint: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[None]:
+    """The field with its albedo replaced by ``paint`` (points [N,3] -> [N,3]) while inside: a surface's renderer
+    asks ``albedo(points)``, a density field's renderer calls the field for density and albedo together."""
+    field_forward = geometry.forward
+    geometry.albedo = paint
+    geometry.forward = lambda points, with_normal=False: {**field_forward(points, with_normal), "albedo": paint(points)}
+    try:
+        yield
+    finally:
+        del geometry.albedo, geometry.forward  # the class's own methods again
+
+
 @torch.no_grad()
 def evaluate_run(run_dir: Path, n_views: int = 8, resolution: int = 64,
                  device: torch.device | str = "cpu") -> dict:
@@ -51,10 +65,15 @@ def evaluate_run(run_dir: Path, n_views: int = 8, resolution: int = 64,
         out = renderer(cams.to(device), shading=shading, train=False)
         return out["rgb"], out["opacity"][..., 0]
 
+    def repaint_fn(cams, paint):
+        with repainted(geometry, paint):
+            return render_fn(cams)
+
     occ_fn, tau = occupancy_fn(geometry, cfg.export)
     metrics = evaluate(render_fn, occ_fn, cfg.prompt, n_views=n_views, resolution=resolution,
                        camera_cfg=cfg.camera, occ_bound=float(geometry.radius),
-                       silhouette_fn=lambda cams: render_fn(cams, "albedo"))  # no normals: ~3x faster
+                       silhouette_fn=lambda cams: render_fn(cams, "albedo"),  # no normals: ~3x faster
+                       repaint_fn=repaint_fn)
     metrics = {"prompt": cfg.prompt, "step": step, "stage": scene.stage.name, "density_threshold": tau, **metrics}
     metrics["offset"] = [float(v) for v in np.asarray(metrics["offset"], dtype=np.float64).flatten()]
     glb = run_dir / "mesh.glb"

@@ -26,11 +26,14 @@ from torch import Tensor
 
 from dreamgen.cameras import CameraConfig, CameraSampler, Cameras, make_cameras, wrap_degrees
 from dreamgen.world.captions import parse_caption
-from dreamgen.world.objects import BOUND, FRONT_FEATURE_SHAPES, SHAPES, occupancy
+from dreamgen.world.objects import (BOUND, FRONT_FEATURE_SHAPES, PAINTED_FRONT_SHAPES, SHAPES, albedo,
+                                    nearest_surface_point, occupancy)
 from dreamgen.world.render import render
 
 RenderFn = Callable[[Cameras], tuple[Tensor, Tensor]]
 OccFn = Callable[[Tensor], Tensor]
+PaintFn = Callable[[Tensor], Tensor]  # points [N,3] -> albedo [N,3]
+RepaintFn = Callable[[Cameras, PaintFn], tuple[Tensor, Tensor]]  # render_fn with the result's albedo replaced
 
 
 @dataclass
@@ -189,23 +192,47 @@ def front_cameras(n_views: int = 4, resolution: int = 64, camera_cfg: CameraConf
     return arc_cameras(0.0, n_views, resolution, camera_cfg, spread)
 
 
+def true_paint_on_result(shape: str, colour: str, alignment: Alignment, variant: str = "true") -> PaintFn:
+    """The true object's paint (or a variant's) carried onto the result's own surface: a point of the result [N,3]
+    takes the albedo of the nearest point of the true surface, found in the GT frame through ``alignment``."""
+    def paint(points: Tensor) -> Tensor:
+        q = (points - points.new_tensor(alignment.offset)) / alignment.scale
+        return albedo(shape, colour, nearest_surface_point(shape, q), variant)
+
+    return paint
+
+
 def _closer_to_true(render_fn: RenderFn, colour: str, shape: str, cams: Cameras, alignment: Alignment | None,
-                    other: str, feature_threshold: float) -> tuple[list[bool], list[float]]:
-    """Per view, over the pixels where the true object and its ``other`` variant differ: is the result closer to the
-    true render than to the variant's? Returns (verdicts, soft = e_other / (e_true + e_other)) for the views where
+                    other: str, feature_threshold: float, repaint_fn: RepaintFn | None = None
+                    ) -> tuple[list[bool], list[float]]:
+    """Per view, over the pixels where the true reference and its ``other`` variant differ: is the result closer to
+    the true one than to the variant? Returns (verdicts, soft = e_other / (e_true + e_other)) for the views where
     the references differ at all.
 
+    The references are the true object and the variant (their geometry and paint) — or, with ``repaint_fn``, the
+    result's own surface painted with the true object's and the variant's paint (:func:`true_paint_on_result`), so
+    that where the result's shape is wrong the two references are wrong alike and only the paint decides.
     Only pixels where the two references differ by more than ``feature_threshold`` (max over channels) are compared
-    (mean |Δrgb|). The result's render is first brought to the GT's brightness by one scalar gain (ratio of mean
-    luminance over the pixels that both the result and the true object cover outside that region), so an exposure
-    or shading difference does not decide the vote.
+    (mean |Δrgb|). The result's render is first brought to the reference's brightness by one scalar gain (ratio of
+    mean luminance over the pixels that both cover outside that region), so an exposure or shading difference does
+    not decide the vote.
     """
     if shape not in FRONT_FEATURE_SHAPES:
         raise ValueError(f"the front/Janus scores need a shape with a front ({', '.join(FRONT_FEATURE_SHAPES)}), "
                          f"got {shape!r}")
-    ref_true, mask_gt, _ = render(shape, colour, cams)
-    ref_other = render(shape, colour, cams, variant=other)[0]
-    rgb, mask = _render_result(render_fn, cams, alignment or Alignment())
+    alignment = alignment or Alignment()
+    rgb, mask = _render_result(render_fn, cams, alignment)
+    if repaint_fn is None:
+        ref_true, mask_gt, _ = render(shape, colour, cams)
+        ref_other = render(shape, colour, cams, variant=other)[0]
+    else:
+        if shape not in PAINTED_FRONT_SHAPES:
+            raise ValueError(f"only a painted front ({', '.join(PAINTED_FRONT_SHAPES)}) can be repainted, "
+                             f"got {shape!r}")
+        moved = transform_cameras(cams, alignment.scale, alignment.offset)
+        ref_true, ref_other = (repaint_fn(moved, true_paint_on_result(shape, colour, alignment, v))[0].detach()
+                               .float().cpu() for v in ("true", other))
+        mask_gt = mask
     lum = torch.tensor([0.299, 0.587, 0.114])
     verdicts, soft = [], []
     for k in range(len(cams)):
@@ -224,36 +251,42 @@ def _closer_to_true(render_fn: RenderFn, colour: str, shape: str, cams: Cameras,
 
 def janus_score(render_fn: RenderFn, colour: str, shape: str = "house", alignment: Alignment | None = None,
                 n_views: int = 4, resolution: int = 64, camera_cfg: CameraConfig | None = None,
-                feature_threshold: float = 0.15) -> dict:
+                feature_threshold: float = 0.15, repaint_fn: RepaintFn | None = None) -> dict:
     """Fraction of back views in which the result shows the object's front feature (door, screen, arrow head).
 
     From each back camera (:func:`back_cameras`, 180° ± 30°) two references are rendered: the true object (its
     back) and its ``two_faced`` variant (its front half mirrored onto the back, :mod:`dreamgen.world.objects`). A
     view is flagged when, where the two differ, the result is closer to ``two_faced`` than to the truth (see
-    :func:`_closer_to_true` for the comparison and its gain normalisation).
+    :func:`_closer_to_true` for the comparison and its gain normalisation). With ``repaint_fn`` (a painted front:
+    the house, the tv) both references are the result's own surface in the two paints: the Janus score on the
+    result's shape, which a wrong shape cannot decide.
 
     Returns {"score": flagged fraction in [0,1], "flags": [K] bool, "soft": [K] e_true / (e_true + e_two_faced)}.
     """
     cams = back_cameras(n_views, resolution, camera_cfg)
-    true, soft = _closer_to_true(render_fn, colour, shape, cams, alignment, "two_faced", feature_threshold)
+    true, soft = _closer_to_true(render_fn, colour, shape, cams, alignment, "two_faced", feature_threshold,
+                                 repaint_fn)
     flags = [not v for v in true]
     return {"score": sum(flags) / max(len(flags), 1), "flags": flags, "soft": [1.0 - s for s in soft]}
 
 
 def front_feature_score(render_fn: RenderFn, colour: str, shape: str = "house", alignment: Alignment | None = None,
                         n_views: int = 4, resolution: int = 64, camera_cfg: CameraConfig | None = None,
-                        feature_threshold: float = 0.15) -> dict:
+                        feature_threshold: float = 0.15, repaint_fn: RepaintFn | None = None) -> dict:
     """Fraction of front views in which the result shows the object's front feature (door, screen, arrow head).
 
     From each front camera (:func:`front_cameras`, 0° ± 30°) the true object and its ``faceless`` variant (its back
     half mirrored onto the front: no door, no screen, a blunt end) are rendered; a view counts when, where the two
     differ, the result is closer to the truth. A result that is Janus but keeps its front scores 1 here and high in
-    :func:`janus_score`; one that lost its front scores 0 here.
+    :func:`janus_score`; one that lost its front scores 0 here. With ``repaint_fn`` the references are the result's
+    own surface in the true and the faceless paint: is the door (the screen) painted where it belongs on the shape
+    the result has? A door painted right on a wrong shape may miss the true door's pixels, and score 0 without it.
 
     Returns {"score": fraction in [0,1], "shown": [K] bool, "soft": [K] e_faceless / (e_true + e_faceless)}.
     """
     cams = front_cameras(n_views, resolution, camera_cfg)
-    shown, soft = _closer_to_true(render_fn, colour, shape, cams, alignment, "faceless", feature_threshold)
+    shown, soft = _closer_to_true(render_fn, colour, shape, cams, alignment, "faceless", feature_threshold,
+                                  repaint_fn)
     return {"score": sum(shown) / max(len(shown), 1), "shown": shown, "soft": soft}
 
 
@@ -271,7 +304,7 @@ def volumetric_iou(occ_pred: OccFn, shape: str, alignment: Alignment | None = No
 
 def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: int = 8, resolution: int = 64,
              camera_cfg: CameraConfig | None = None, occ_bound: float = 1.0,
-             silhouette_fn: RenderFn | None = None) -> dict:
+             silhouette_fn: RenderFn | None = None, repaint_fn: RepaintFn | None = None) -> dict:
     """Every metric of a result for ``prompt`` (a world caption, e.g. "a red house"; a view suffix is ignored).
 
     Cameras: ``n_views`` orbit views from the front at the config's eval elevation/distance/fov. Returns
@@ -280,6 +313,8 @@ def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: in
       volumetric_iou: None without occ_fn;
     - janus, front_feature: :func:`janus_score`'s and :func:`front_feature_score`'s scores for shapes with a front
       (:data:`FRONT_FEATURE_SHAPES`), else None; janus_soft, front_feature_soft: their per-view soft scores;
+    - janus_on_shape, front_feature_on_shape (and their _soft): the same on the result's own surface repainted by
+      ``repaint_fn`` (when given, for the painted fronts :data:`PAINTED_FRONT_SHAPES`), else None;
     - shape_scores: for every world shape, the result re-aligned to that shape and scored by the mean silhouette
       IoU over the orbit (averaged with the volumetric IoU when occ_fn is given); rank1: True when the true shape
       scores highest. The other shapes' silhouettes come from ``silhouette_fn`` when given (a cheaper render of
@@ -308,11 +343,18 @@ def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: in
             result = {"scale": alignment.scale, "offset": alignment.offset, "silhouette_iou": sil,
                       "colour_error": foreground_colour_error(rgb, mask, rgb_gt, mask_gt), "volumetric_iou": vol,
                       "colour_error_per_view": colour_errors(rgb, mask, rgb_gt, mask_gt)}
-            result["janus"] = result["front_feature"] = result["janus_soft"] = result["front_feature_soft"] = None
+            for key in ("janus", "front_feature"):
+                for suffix in ("", "_on_shape"):
+                    result[f"{key}{suffix}"] = result[f"{key}{suffix}_soft"] = None
+            repaints = {"": None}
+            if repaint_fn is not None and shape in PAINTED_FRONT_SHAPES:
+                repaints["_on_shape"] = repaint_fn
             if shape in FRONT_FEATURE_SHAPES:
                 for key, score in (("janus", janus_score), ("front_feature", front_feature_score)):
-                    out = score(render_fn, colour, shape, alignment, resolution=resolution, camera_cfg=cfg)
-                    # the per-view soft scores show how near a run whose verdict is 0 came to drawing the feature
-                    result[key], result[f"{key}_soft"] = out["score"], out["soft"]
+                    for suffix, repaint in repaints.items():
+                        out = score(render_fn, colour, shape, alignment, resolution=resolution, camera_cfg=cfg,
+                                    repaint_fn=repaint)
+                        # the per-view soft scores show how near a run whose verdict is 0 came to drawing it
+                        result[f"{key}{suffix}"], result[f"{key}{suffix}_soft"] = out["score"], out["soft"]
     best = max(scores, key=scores.get)
     return {"colour": colour, "shape": shape, **result, "shape_scores": scores, "rank1": best == shape}

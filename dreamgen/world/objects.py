@@ -29,6 +29,8 @@ from torch import Tensor
 SHAPES: tuple[str, ...] = ("sphere", "cube", "cone", "cylinder", "torus", "house", "tv", "arrow")
 # Shapes whose front (+x) differs from their back (the Janus probes).
 FRONT_FEATURE_SHAPES: tuple[str, ...] = ("house", "tv", "arrow")
+# Those whose front feature is paint (the door and windows, the screen) rather than shape (the arrow's head).
+PAINTED_FRONT_SHAPES: tuple[str, ...] = ("house", "tv")
 # Holes through each object (the genus of its surface): the torus has one, every other object none.
 GENUS: dict[str, int] = {"torus": 1}
 VARIANTS: tuple[str, ...] = ("true", "two_faced", "faceless")
@@ -165,6 +167,18 @@ def sdf(shape: str, p: Tensor, variant: str = "true") -> Tensor:
         return torch.minimum(sdf_box(p, TV_BODY_CENTRE, TV_BODY_HALF), stand)
     # arrow
     return torch.minimum(sdf_box(p, ARROW_SHAFT_CENTRE, ARROW_SHAFT_HALF), _sdf_arrow_head(p))
+
+
+def nearest_surface_point(shape: str, p: Tensor, iters: int = 6, h: float = 1e-3) -> Tensor:
+    """p: [N,3] -> the nearest point of the object's surface [N,3], by Newton steps p − sdf·∇sdf/|∇sdf|. One step
+    lands on a box's face; the roof's and the arrow head's distances are lower bounds, so points near them take
+    several, and a few far from the surface stop short of it."""
+    eye = h * torch.eye(3, dtype=p.dtype, device=p.device)
+    for _ in range(iters):
+        d = sdf(shape, p)
+        grad = torch.stack([sdf(shape, p + e) - d for e in eye], dim=-1)
+        p = p - d[:, None] * torch.nn.functional.normalize(grad, dim=-1)
+    return p
 
 
 def occupancy(shape: str, p: Tensor, variant: str = "true") -> Tensor:
