@@ -15,43 +15,34 @@ from __future__ import annotations
 
 import argparse
 import json
-from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from dreamgen.evaluation.run import repainted
-from dreamgen.session import load_scene
+from dreamgen.evaluation.run import RunViews
 from dreamgen.world.metrics import (Alignment, front_cameras, front_feature_score, transform_cameras,
                                     true_paint_on_result)
 from dreamgen.world.render import render
 
 
-def score_run(run: Path) -> tuple[dict, torch.Tensor]:
+def score_run(run_dir: Path) -> tuple[dict, torch.Tensor]:
     """({paint: (score, soft per front view)}, the four front views [3·H, 4·W, 3]: truth, own paint, true paint)."""
-    truth = json.loads((run / "eval.json").read_text())
+    truth = json.loads((run_dir / "eval.json").read_text())
     shape, colour = truth["shape"], truth["colour"]
     alignment = Alignment(truth["scale"], tuple(truth["offset"]))
-    cfg, scene, _ = load_scene(run)
-    renderer, geometry = scene.renderers[0], scene.particles[0]
-    renderer.eval()
-
-    def render_fn(cams):
-        with torch.no_grad():
-            out = renderer(cams, shading="lambertian", train=False)
-        return out["rgb"].float().cpu(), out["opacity"][..., 0].float().cpu()
-
-    cams = front_cameras(4, 64, cfg.camera)
+    run = RunViews(run_dir)
+    true_paint = true_paint_on_result(shape, colour, alignment)
+    cams = front_cameras(4, 64, run.cfg.camera)
     views, scores = [render(shape, colour, cams)[0]], {}
-    for paint in ("own", "true"):
-        with repainted(geometry, true_paint_on_result(shape, colour, alignment)) if paint == "true" else nullcontext():
-            out = front_feature_score(render_fn, colour, shape, alignment, camera_cfg=cfg.camera)
-            views.append(render_fn(transform_cameras(cams, alignment.scale, alignment.offset))[0])
+    for paint, render_fn in (("own", run.render), ("true", lambda c: run.repaint(c, true_paint))):
+        out = front_feature_score(render_fn, colour, shape, alignment, camera_cfg=run.cfg.camera)
+        views.append(render_fn(transform_cameras(cams, alignment.scale, alignment.offset))[0])
         scores[paint] = (out["score"], out["soft"])
     return scores, torch.cat([torch.cat(list(v), 1) for v in views])
 
 
+@torch.no_grad()
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="evaluated run folders of a house or a tv")

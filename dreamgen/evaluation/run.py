@@ -51,30 +51,41 @@ def repainted(geometry, paint: Callable[[torch.Tensor], torch.Tensor]) -> Iterat
         del geometry.albedo, geometry.forward  # the class's own methods again
 
 
+class RunViews:
+    """A run's newest checkpoint (on ``device``), rendered as the world's ground truth is: Lambertian, light at the
+    camera, in the stage the checkpoint is in."""
+
+    def __init__(self, run_dir: Path, device: torch.device | str = "cpu"):
+        self.cfg, scene, self.step = load_scene(Path(run_dir), device)
+        self.stage = scene.stage.name
+        self.renderer, self.geometry, self.device = scene.renderers[0], scene.particles[0], device
+        self.renderer.eval()
+
+    def render(self, cams, shading: str = "lambertian") -> tuple[torch.Tensor, torch.Tensor]:
+        """(rgb [B,H,W,3], opacity [B,H,W]) on the run's device."""
+        out = self.renderer(cams.to(self.device), shading=shading, train=False)
+        return out["rgb"], out["opacity"][..., 0]
+
+    def repaint(self, cams, paint: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`render` with the albedo replaced by ``paint`` (see :func:`repainted`)."""
+        with repainted(self.geometry, paint):
+            return self.render(cams)
+
+
 @torch.no_grad()
 def evaluate_run(run_dir: Path, n_views: int = 8, resolution: int = 64,
                  device: torch.device | str = "cpu") -> dict:
     """Score the run's last checkpoint (on ``device``; the ground truth and the scores are computed on the CPU) and
     its mesh.glb against the world's exact object; writes ``eval.json``."""
     run_dir = Path(run_dir)
-    cfg, scene, step = load_scene(run_dir, device)
-    renderer, geometry = scene.renderers[0], scene.particles[0]
-    renderer.eval()
-
-    def render_fn(cams, shading: str = "lambertian"):
-        out = renderer(cams.to(device), shading=shading, train=False)
-        return out["rgb"], out["opacity"][..., 0]
-
-    def repaint_fn(cams, paint):
-        with repainted(geometry, paint):
-            return render_fn(cams)
-
-    occ_fn, tau = occupancy_fn(geometry, cfg.export)
-    metrics = evaluate(render_fn, occ_fn, cfg.prompt, n_views=n_views, resolution=resolution,
-                       camera_cfg=cfg.camera, occ_bound=float(geometry.radius),
-                       silhouette_fn=lambda cams: render_fn(cams, "albedo"),  # no normals: ~3x faster
-                       repaint_fn=repaint_fn)
-    metrics = {"prompt": cfg.prompt, "step": step, "stage": scene.stage.name, "density_threshold": tau, **metrics}
+    run = RunViews(run_dir, device)
+    cfg = run.cfg
+    occ_fn, tau = occupancy_fn(run.geometry, cfg.export)
+    metrics = evaluate(run.render, occ_fn, cfg.prompt, n_views=n_views, resolution=resolution,
+                       camera_cfg=cfg.camera, occ_bound=float(run.geometry.radius),
+                       silhouette_fn=lambda cams: run.render(cams, "albedo"),  # no normals: ~3x faster
+                       repaint_fn=run.repaint)
+    metrics = {"prompt": cfg.prompt, "step": run.step, "stage": run.stage, "density_threshold": tau, **metrics}
     metrics["offset"] = [float(v) for v in np.asarray(metrics["offset"], dtype=np.float64).flatten()]
     glb = run_dir / "mesh.glb"
     metrics["mesh"] = evaluate_mesh(glb, cfg.prompt) if glb.exists() else None
