@@ -44,6 +44,9 @@ class FineStageConfig:
     t_max: Any = bounded(0.5, gt=0.0, lt=1.0)
     lambda_normal_consistency: Any = bounded(0.0, ge=0.0)
     lambda_laplacian: Any = bounded(0.0, ge=0.0)
+    # False: the texture handed off from the NeRF is kept and only the surface trains; all-round SDS steps at the
+    # surface's resolution average out what the prior draws view by view (the house's door; docs/janus.md)
+    train_texture: bool = True
     backend: str = bounded("auto", choices=BACKENDS)  # rasteriser: auto = nvdiffrast on CUDA when importable
     # The surface's own settings. Its texture field copies the coarse NeRF's albedo network when their hash grid,
     # MLP and radius match (geometry.texture_init=auto), else it is distilled from it.
@@ -165,6 +168,10 @@ class DMTetStage(Stage):
         shading = {f.name: getattr(self.cfg.renderer, f.name) for f in dataclasses.fields(ShadingConfig)}
         return MeshRenderer(geometry, background, MeshRendererConfig(**shading, backend=self.cfg.fine.backend))
 
+    @property
+    def frozen(self) -> tuple[str, ...]:
+        return () if self.cfg.fine.train_texture else ("geometry.grid", "geometry.net")
+
     def learning_rates(self):
         return self.cfg.fine.lr, self.cfg.fine.lr_net
 
@@ -190,12 +197,7 @@ class TextureStage(DMTetStage):
         return self.cfg.texture.steps
 
     def make_geometry(self, device, previous=None):
-        geometry = previous if previous is not None else DMTetGeometry(self.geometry_config(), device=device)
-        for group in geometry.param_groups(0.0):
-            if group["name"] in self.frozen:
-                for p in group["params"]:
-                    p.requires_grad_(False)  # no gradient to compute for the surface
-        return geometry
+        return previous if previous is not None else DMTetGeometry(self.geometry_config(), device=device)
 
     def learning_rates(self):
         return self.cfg.texture.lr, self.cfg.texture.lr_net
@@ -262,6 +264,10 @@ class Scene(nn.Module):
         stage = self.stages[index]
         self.particles = nn.ModuleList([stage.make_geometry(device, g if handoff else None)
                                         for g in self.particles]).to(device)
+        for geometry in self.particles:
+            for group in geometry.param_groups(0.0):
+                for p in group["params"]:
+                    p.requires_grad_(group["name"] not in stage.frozen)  # no gradient to compute for what it keeps
         self.stage = stage
         self.renderers = self._renderers()
 

@@ -208,6 +208,32 @@ def test_texture_stage_keeps_the_surface_trains_the_texture_with_its_own_loss_an
     assert torch.equal(_params(resumed), _params(tr))
 
 
+def test_dmtet_stage_can_keep_the_nerfs_texture_and_train_the_surface_only(tiny_sd_path, tmp_path):
+    """fine.train_texture=false: the texture handed off from the NeRF stays bit for bit, the surface trains; a
+    texture stage after it trains the texture again."""
+    stages = ["stages=[nerf,dmtet,texture]", "fine.train_texture=false", "fine.steps=2", "fine.resolution=16",
+              "fine.geometry.grid_resolution=8", "texture.steps=1"]
+    tr = _trainer(_cfg(tiny_sd_path, 2, stages), tmp_path)
+
+    def texture():
+        return torch.cat([p.detach().flatten() for m in (tr.geometry.encoding, tr.geometry.mlp)
+                          for p in m.parameters()]).clone()
+
+    def surface():
+        return torch.cat([tr.geometry.sdf.detach().flatten(), tr.geometry.deform.detach().flatten()]).clone()
+
+    for _ in range(2):
+        tr.train_step()
+    tr.enter_stage(1)
+    handed_off, start = texture(), surface()
+    assert {g["name"] for g in tr.optimizer.param_groups} == {"geometry.sdf", "background"}
+    for _ in range(2):
+        tr.train_step()
+    assert torch.equal(handed_off, texture()) and not torch.equal(start, surface())
+    tr.fit()
+    assert tr.scene.stage.name == "texture" and not torch.equal(handed_off, texture())
+
+
 def test_a_finished_run_resumes_into_an_added_texture_stage(tiny_sd_path, tmp_path):
     """A resume may append stages (a finished two-stage run given a texture stage), never change the run's own."""
     fine = ["stages=[nerf,dmtet]", "fine.steps=1", "fine.resolution=16", "fine.geometry.grid_resolution=8"]
