@@ -163,8 +163,15 @@ def test_on_shape_scores_judge_the_paint_whatever_the_shape(shape):
 
 def test_evaluate_scores_on_shape_only_for_painted_fronts():
     render_fn, repaint_fn = stretched_result("house", "blue", (0.8, 1.0, 1.3), "true")
-    r = evaluate(render_fn, None, "a blue house", n_views=4, resolution=32, repaint_fn=repaint_fn)
+    poses = []
+
+    def counted(cams):
+        poses.append(cams.c2w.numpy().tobytes())
+        return render_fn(cams)
+
+    r = evaluate(counted, None, "a blue house", n_views=4, resolution=32, repaint_fn=repaint_fn)
     assert (r["front_feature_on_shape"], r["janus_on_shape"]) == (1.0, 0.0)
+    assert len(poses) == len(set(poses)), "a camera set rendered twice"
     assert min(r["front_feature_on_shape_soft"]) > 0.6 and len(r["janus_on_shape_soft"]) == 4
     render_fn, repaint_fn = stretched_result("arrow", "blue", (1.0, 1.0, 1.0), "true")
     r = evaluate(render_fn, None, "a blue arrow", n_views=4, resolution=32, repaint_fn=repaint_fn)

@@ -116,6 +116,19 @@ def _render_result(render_fn: RenderFn, cams: Cameras, alignment: Alignment) -> 
     return rgb.detach().float().cpu(), opacity.detach().float().cpu() > 0.5
 
 
+def _render_once(render_fn: RenderFn) -> RenderFn:
+    """``render_fn`` remembering its renders by camera set (pose, fov, size)."""
+    cache: dict[tuple, tuple[Tensor, Tensor]] = {}
+
+    def render_cached(cams: Cameras) -> tuple[Tensor, Tensor]:
+        key = tuple(t.detach().cpu().numpy().tobytes() for t in (cams.c2w, cams.fov_y)) + (cams.height, cams.width)
+        if key not in cache:
+            cache[key] = render_fn(cams)
+        return cache[key]
+
+    return render_cached
+
+
 def align_by_silhouette(render_fn: RenderFn, shape: str, cams: Cameras, rounds: int = 3,
                         mask_gt: Tensor | None = None) -> Alignment:
     """Scale from the median ratio of mask areas, 3-D offset from the mask centroids' displacements (least squares
@@ -323,6 +336,7 @@ def evaluate(render_fn: RenderFn, occ_fn: OccFn | None, prompt: str, n_views: in
     colour, shape, _ = parse_caption(prompt)
     cfg = camera_cfg or CameraConfig()
     cams = CameraSampler(cfg).orbit(n_views, resolution)
+    render_fn = _render_once(render_fn)  # the front/Janus scores vote twice (shape-blind, on shape) on one render
 
     moments = occupancy_moments(occ_fn, occ_bound) if occ_fn is not None else None
 
