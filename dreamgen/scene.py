@@ -24,6 +24,7 @@ from dreamgen.errors import ConfigError
 from dreamgen.geometry.dmtet import DMTetConfig, DMTetGeometry
 from dreamgen.losses.core import LossConfig, check_t_range
 from dreamgen.render.background import Background
+from dreamgen.render.bake import bake_texture
 from dreamgen.render.mesh_renderer import MeshRenderer, MeshRendererConfig
 from dreamgen.render.raster import BACKENDS
 from dreamgen.render.shading import ShadingConfig
@@ -47,6 +48,11 @@ class FineStageConfig:
     # False: the texture handed off from the NeRF is kept and only the surface trains; all-round SDS steps at the
     # surface's resolution average out what the prior draws view by view (the house's door; docs/janus.md)
     train_texture: bool = True
+    # At the hand-off, fit the surface's texture to the NeRF's albedo renders from bake_views cameras of this
+    # stage's sampler (0 steps: off): what the NeRF shows through its volume, not only its albedo field on the
+    # surface (dreamgen.render.bake)
+    bake_steps: int = bounded(0, ge=0)
+    bake_views: int = bounded(32, ge=1)
     backend: str = bounded("auto", choices=BACKENDS)  # rasteriser: auto = nvdiffrast on CUDA when importable
     # The surface's own settings. Its texture field copies the coarse NeRF's albedo network when their hash grid,
     # MLP and radius match (geometry.texture_init=auto), else it is distilled from it.
@@ -122,6 +128,9 @@ class Stage:
         """The config of this stage's own loss; None trains with the run's loss."""
         return None
 
+    def settle(self, previous: nn.Module, renderer: nn.Module) -> None:
+        """After a hand-off: fit what this stage's ``renderer`` shows to what the ``previous`` stage's did."""
+
 
 class NerfStage(Stage):
     name = "nerf"
@@ -185,6 +194,13 @@ class DMTetStage(Stage):
     def t_bounds(self, step):
         return self.cfg.fine.t_min, self.cfg.fine.t_max
 
+    def settle(self, previous, renderer):
+        fine = self.cfg.fine
+        if fine.bake_steps:
+            sampler = self.sampler()
+            views = [sampler.sample(self.start) for _ in range(-(-fine.bake_views // self.cfg.camera.batch_size))]
+            bake_texture(previous, renderer, views, fine.bake_steps, fine.geometry.distill_lr)
+
 
 class TextureStage(DMTetStage):
     """The DMTet surface handed on unchanged (SDF and deformation frozen), its texture refined."""
@@ -198,6 +214,9 @@ class TextureStage(DMTetStage):
 
     def make_geometry(self, device, previous=None):
         return previous if previous is not None else DMTetGeometry(self.geometry_config(), device=device)
+
+    def settle(self, previous, renderer):
+        """Nothing to carry over: the surface and its texture are the DMTet stage's own."""
 
     def learning_rates(self):
         return self.cfg.texture.lr, self.cfg.texture.lr_net
@@ -261,15 +280,19 @@ class Scene(nn.Module):
     def enter(self, index: int, device: torch.device | str, handoff: bool = True) -> None:
         """Switch to stage ``index``: each particle's geometry handed off from its current one (``handoff``), or
         made empty, to be filled from a checkpoint."""
-        stage = self.stages[index]
+        stage, previous = self.stages[index], self.renderers
         self.particles = nn.ModuleList([stage.make_geometry(device, g if handoff else None)
                                         for g in self.particles]).to(device)
+        self.stage = stage
+        self.renderers = self._renderers()
+        if handoff:
+            with torch.enable_grad():
+                for before, after in zip(previous, self.renderers):
+                    stage.settle(before, after)
         for geometry in self.particles:
             for group in geometry.param_groups(0.0):
                 for p in group["params"]:
                     p.requires_grad_(group["name"] not in stage.frozen)  # no gradient to compute for what it keeps
-        self.stage = stage
-        self.renderers = self._renderers()
 
     def param_groups(self) -> list[dict[str, Any]]:
         """Adam groups of the current stage: each particle's groups at the stage's learning rates, then the

@@ -19,6 +19,7 @@ from dreamgen.geometry.hashgrid import HashGridConfig
 from dreamgen.geometry.nerf import HashGridNeRF, NeRFConfig
 from dreamgen.geometry.tets import kuhn_grid, tet_volumes, to_bbox, unique_edges
 from dreamgen.render.background import Background, BackgroundConfig
+from dreamgen.render.bake import bake_texture, rendered_albedo
 from dreamgen.render.mesh_renderer import MeshRenderer, MeshRendererConfig
 from dreamgen.render.volume import RendererConfig, VolumeRenderer
 
@@ -235,3 +236,38 @@ def test_handoff_distils_the_texture_when_the_architectures_differ(box_nerf):
     assert err < 0.06 and err < 0.5 * (fresh.albedo(p) - box_nerf.albedo(p)).abs().mean()
     with pytest.raises(ConfigError, match="copy"):
         DMTetGeometry.from_nerf(box_nerf, DMTetConfig(grid=TINY_GRID, mlp_width=16, texture_init="copy"))
+
+
+def test_bake_fits_the_surface_texture_to_the_nerfs_renders_whatever_the_backgrounds(box_nerf):
+    """A surface handed off with an untrained texture, baked from the NeRF's renders over a white background into
+    its own over a black one: from cameras the bake never saw, its albedo matches the NeRF's rendered albedo."""
+    torch.manual_seed(0)
+    geo = DMTetGeometry.from_nerf(box_nerf, DMTetConfig(grid=TINY_GRID, grid_resolution=24, texture_init="distill",
+                                                        distill_steps=0))
+    surface = geo.sdf.detach().clone()
+    source = VolumeRenderer(box_nerf, Background(BackgroundConfig(color=[1.0, 1.0, 1.0])),
+                            RendererConfig(num_samples=64))
+    target = MeshRenderer(geo, Background(BackgroundConfig(color=[0.0, 0.0, 0.0])), MeshRendererConfig())
+    full = lambda n, v: torch.full((n,), v)  # noqa: E731
+    views = [make_cameras(torch.arange(4.0) * 90 + 45 * k, full(4, 25.0 - 30 * k), full(4, 1.8), full(4, 50.0), 24,
+                          CameraConfig()) for k in range(2)]
+    held_out = make_cameras(torch.tensor([20.0, 150.0, 260.0]), torch.tensor([5.0, 15.0, -10.0]), full(3, 1.8),
+                            full(3, 50.0), 24, CameraConfig())
+
+    def error() -> float:
+        with torch.no_grad():
+            (want, seen), (got, shown) = rendered_albedo(source, held_out), rendered_albedo(target, held_out)
+        return float((want - got)[seen & shown].abs().mean())
+
+    with torch.no_grad():  # the background taken out: the same albedo over black as over white
+        black = VolumeRenderer(box_nerf, target.background, RendererConfig(num_samples=64))
+        (on_white, mask), (on_black, _) = rendered_albedo(source, held_out), rendered_albedo(black, held_out)
+        raw = (source(held_out, shading="albedo", train=False)["rgb"]
+               - black(held_out, shading="albedo", train=False)["rgb"])
+    torch.testing.assert_close(on_white[mask], on_black[mask], atol=1e-5, rtol=0)
+    assert raw[mask].abs().max() > 0.1  # half-covered pixels at the edges, where it shows
+    before = error()
+    losses = bake_texture(source, target, views, steps=40, lr=0.03)
+    assert losses[-1] < 0.2 * losses[0]
+    assert error() < 0.05 and error() < 0.3 * before, (before, error())
+    assert torch.equal(geo.sdf, surface) and all(p.grad is None for p in geo.parameters())

@@ -270,3 +270,22 @@ def test_prebuilt_guidance_gives_the_same_run(tmp_path):
     shared = _trainer(cfg(), tmp_path / "shared", guidance=own.guidance)
     shared.fit()
     assert torch.equal(_params(own), _params(shared))
+
+
+
+def test_the_bake_trains_the_handed_off_texture_and_leaves_the_surface(tiny_sd_path, tmp_path):
+    """fine.bake_steps: at the hand-off the surface's texture is fitted to the NeRF's renders
+    (tests/test_dmtet.py checks the fit); the surface stays as handed off, and no gradient is left behind."""
+    fine = ["stages=[nerf,dmtet]", "fine.steps=1", "fine.resolution=16", "fine.geometry.grid_resolution=8",
+            "fine.bake_views=2"]
+    textures, surfaces = {}, {}
+    for bake in (0, 3):
+        tr = _trainer(_cfg(tiny_sd_path, 2, [*fine, f"fine.bake_steps={bake}"]), tmp_path / str(bake))
+        for _ in range(2):
+            tr.train_step()
+        tr.enter_stage(1)
+        textures[bake] = torch.cat([p.detach().flatten() for m in (tr.geometry.encoding, tr.geometry.mlp)
+                                    for p in m.parameters()])
+        surfaces[bake] = torch.cat([tr.geometry.sdf.detach().flatten(), tr.geometry.deform.detach().flatten()])
+        assert all(p.grad is None for p in tr.geometry.parameters())
+    assert not torch.equal(textures[0], textures[3]) and torch.equal(surfaces[0], surfaces[3])
