@@ -193,6 +193,11 @@ class DMTetGeometry(nn.Module):
             {"name": "geometry.net", "params": list(self.mlp.parameters()), "lr": lr if lr_net is None else lr_net},
         ]
 
+    def texture_optimizer(self, lr: float) -> torch.optim.Adam:
+        """Adam over the texture alone, for fitting it to a teacher: the tables at ``lr``, the MLP at a tenth."""
+        return torch.optim.Adam([{"params": self.encoding.parameters(), "lr": lr},
+                                 {"params": self.mlp.parameters(), "lr": lr * 0.1}], betas=(0.9, 0.99), eps=1e-15)
+
     # ---- hand-off from the coarse stage -----------------------------------------------------------------------------
     @classmethod
     @torch.no_grad()
@@ -273,9 +278,7 @@ class DMTetGeometry(nn.Module):
         cfg = self.cfg
         if cfg.distill_steps <= 0:
             return []
-        opt = torch.optim.Adam([{"params": self.encoding.parameters(), "lr": cfg.distill_lr},
-                                {"params": self.mlp.parameters(), "lr": cfg.distill_lr * 0.1}],
-                               betas=(0.9, 0.99), eps=1e-15)
+        opt = self.texture_optimizer(cfg.distill_lr)
         start, losses = time.perf_counter(), []
         pool = self.surface_samples(8 * cfg.distill_points)
         with torch.no_grad():

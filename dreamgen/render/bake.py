@@ -33,17 +33,16 @@ def rendered_albedo(renderer: nn.Module, cams: Cameras, min_opacity: float = 0.5
 
 
 def bake_texture(source: nn.Module, target: nn.Module, views: list[Cameras], steps: int, lr: float) -> list[float]:
-    """Fit ``target.geometry``'s texture (its ``encoding`` at ``lr``, its ``mlp`` at a tenth) to ``source``'s albedo
-    renders of ``views`` (each rendered once) by Adam on the masked mean squared error, ``steps`` steps cycling
-    through the views. Returns the losses."""
+    """Fit ``target.geometry``'s texture (its ``texture_optimizer(lr)``) to ``source``'s albedo renders of ``views``
+    (each rendered once) on the masked mean squared error, ``steps`` steps cycling through the views. Returns the
+    losses."""
     if steps <= 0 or not views:
         return []
     start = time.perf_counter()
     with torch.no_grad():
         targets = [rendered_albedo(source, cams) for cams in views]
     geometry = target.geometry
-    opt = torch.optim.Adam([{"params": geometry.encoding.parameters(), "lr": lr},
-                            {"params": geometry.mlp.parameters(), "lr": lr * 0.1}], betas=(0.9, 0.99), eps=1e-15)
+    opt = geometry.texture_optimizer(lr)
     losses = []
     for step in range(steps):
         k = step % len(views)
