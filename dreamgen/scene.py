@@ -12,6 +12,7 @@ is never rewritten: the stage's noise range reaches the loss with each step's in
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -198,7 +199,8 @@ class DMTetStage(Stage):
         fine = self.cfg.fine
         if fine.bake_steps:
             sampler = self.sampler()
-            views = [sampler.sample(self.start) for _ in range(-(-fine.bake_views // self.cfg.camera.batch_size))]
+            batches = math.ceil(fine.bake_views / self.cfg.camera.batch_size)  # at least bake_views cameras
+            views = [sampler.sample(self.start) for _ in range(batches)]
             bake_texture(previous, renderer, views, fine.bake_steps, fine.geometry.distill_lr)
 
 

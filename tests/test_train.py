@@ -272,7 +272,6 @@ def test_prebuilt_guidance_gives_the_same_run(tmp_path):
     assert torch.equal(_params(own), _params(shared))
 
 
-
 def test_the_bake_trains_the_handed_off_texture_and_leaves_the_surface(tiny_sd_path, tmp_path):
     """fine.bake_steps: at the hand-off the surface's texture is fitted to the NeRF's renders
     (tests/test_dmtet.py checks the fit); the surface stays as handed off, and no gradient is left behind."""
