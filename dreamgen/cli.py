@@ -66,7 +66,7 @@ def run(
                                             help="Start the DMTet fine stage from this finished coarse run."),
 ) -> None:
     """Optimise a 3-D object for PROMPT and export a textured mesh."""
-    from dreamgen.config import load_config
+    from dreamgen.config import compose_new
     from dreamgen.session import Session
 
     overrides = list(overrides or [])
@@ -86,9 +86,11 @@ def run(
     else:
         if prompt is None:
             raise DreamgenError("missing PROMPT, e.g. dreamgen run \"a red cube\" (or --resume RUN_DIR)")
-        cfg = load_config(config, overrides, prompt=prompt, out_dir=str(out) if out is not None else None,
-                          **job_flags(loss, guidance, steps, seed))
-        session = Session.new(cfg)
+        composed = compose_new(config, overrides, prompt=prompt, out_dir=str(out) if out is not None else None,
+                               **job_flags(loss, guidance, steps, seed))
+        if composed.object_settings:
+            log.info("the embedded prior's settings for this object: %s", composed.object_settings)
+        session = Session.new(composed.cfg)
     _finish(session, ctx.obj)
 
 

@@ -8,6 +8,9 @@ Layers, later wins (each has a label that ``dreamgen config show --explain`` pri
               then profiles/<overlay>.yaml where the guidance names one: what it changes in its family's profile
               (the embedded prior's 64-px modes render at 64 px)
     recipe    dreamgen/configs/recipes/<family>/<loss>.yaml: the loss as its paper runs it with that family
+    object    dreamgen/configs/objects/<object>.yaml, when ``guidance: auto`` chose the embedded prior for a prompt
+              naming that object of its world: the settings the league measured best for it (docs/league.md); its
+              ``loss.name`` applies when no later layer names a loss, its ``guidance.name`` picks the prior
     preset    --config NAME (dreamgen/configs/presets/NAME.yaml) or --config FILE
     flag      --loss, --steps, --seed, --guidance, --out, ...
     override  trailing key=value arguments (OmegaConf dotlist)
@@ -29,6 +32,7 @@ Every field is validated: unknown keys (a misspelt key names the valid ones), ty
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.resources
 import re
 from dataclasses import dataclass, field
@@ -115,6 +119,7 @@ class Composed:
     cfg: RunConfig
     sources: dict[str, str]
     guidance_choice: str = ""  # how auto was resolved, when it was
+    object_settings: str = ""  # the world object's own settings file and what it set, when auto applied one
 
 
 # ---- reading layers ------------------------------------------------------------------------------------------------
@@ -320,20 +325,60 @@ def _auto_source(layers: list[Layer]) -> str:
     return str(_resolved_top(layers, "guidance.pretrained", AutoGuidanceConfig.pretrained))
 
 
-def embedded_prior_for(prompt: str) -> str:
-    """The embedded prior's guidance for a prompt: ``shapes`` (v1, the better text-only teacher: docs/league.md)
-    for the objects its weights know, else ``shapes-cam`` (v2 told each render's camera: the tv without the Janus
-    artefact that text-only v2 gives it, docs/janus.md). A prompt that is no world caption gets ``shapes``, whose
-    check then names the unknown word."""
+def _object_settings(prompt: str) -> tuple[str, dict[str, Any]]:
+    """The object of the embedded prior's world that ``prompt`` names and its own settings
+    (``dreamgen/configs/objects/<object>.yaml``; empty where it has none), or ("", {}) for no world caption."""
     from dreamgen.errors import PromptError
-    from dreamgen.prior.io import load_spec
     from dreamgen.world.captions import parse_caption
 
     try:
         shape = parse_caption(prompt)[1]
     except PromptError:
+        return "", {}
+    data = _packaged(f"objects/{shape}.yaml")
+    raw = OmegaConf.to_container(data) if data is not None else {}
+    assert isinstance(raw, dict)
+    return shape, raw
+
+
+def embedded_prior_for(prompt: str) -> str:
+    """The embedded prior's guidance for a prompt: the object's own choice where its settings name one (the
+    cylinder: v2 told the camera, docs/league.md), else ``shapes`` (v1, the better text-only teacher) for the objects
+    its weights know and ``shapes-cam`` (v2 told each render's camera: the tv without the Janus artefact that
+    text-only v2 gives it, docs/janus.md) for the others. A prompt that is no world caption gets ``shapes``, whose
+    check then names the unknown word."""
+    from dreamgen.prior.io import load_spec
+
+    shape, own = _object_settings(prompt)
+    if not shape:
         return "shapes"
+    name = own.get("guidance", {}).get("name")
+    if name is not None:
+        return str(name)
     return "shapes" if shape in load_spec("v1").shapes else "shapes-cam"
+
+
+def object_layer(prompt: str) -> Layer | None:
+    """The world object's own settings as a layer, without the ``guidance.name`` that :func:`embedded_prior_for`
+    has read (so ``auto`` stays the name resolved)."""
+    shape, own = _object_settings(prompt)
+    if not own:
+        return None
+    own.get("guidance", {}).pop("name", None)
+    return Layer(f"object {shape}", OmegaConf.create({k: v for k, v in own.items() if v != {}}))
+
+
+def _object_note(composed: Composed, prompt: str) -> str:
+    """What the world object's settings changed in ``composed`` (a later layer may have named another loss)."""
+    shape, own = _object_settings(prompt)
+    label = f"object {shape}"
+    values = {k: functools.reduce(getattr, k.split("."), composed.cfg)
+              for k, src in composed.sources.items() if src == label}
+    said = [f"{k}={v}" for k, v in values.items()  # a section named as by default (to scope its keys) changes nothing
+            if not (k.endswith(".name") and DEFAULT_NAMES.get(k[:-5]) == v)]
+    if own.get("guidance", {}).get("name") == composed.cfg.guidance.name:
+        said.insert(0, f"guidance.name={composed.cfg.guidance.name}")
+    return f"dreamgen/configs/objects/{shape}.yaml: {', '.join(said)}" if said else ""
 
 
 def resolve_auto_guidance(source: str, device: str, prompt: str = "") -> tuple[str, str]:
@@ -392,17 +437,24 @@ def user_layers(config: str | Path | None = None, overrides: list[str] | None = 
 
 
 def compose_new(config: str | Path | None = None, overrides: list[str] | None = None, **flags: Any) -> Composed:
-    """A new run's config: base, profile and recipe for the guidance family and loss the user layers end up naming,
-    then the user layers (--config, flags, overrides)."""
+    """A new run's config: base, profile and recipe for the guidance family and loss the user layers end up naming
+    (and, where ``auto`` chose the embedded prior, the world object's own settings, which may name the loss), then
+    the user layers (--config, flags, overrides)."""
     users = user_layers(config, overrides, **flags)
-    names = {s: _named(users, s) for s in NAMED_SECTIONS}
-    concrete = names["guidance"]
+    concrete = _named(users, "guidance")
+    objects: list[Layer] = []
     if concrete == "auto":
-        concrete, _ = resolve_auto_guidance(_auto_source(users), str(_resolved_top(users, "device", "auto")),
-                                            str(_resolved_top(users, "prompt", "")))
+        prompt = str(_resolved_top(users, "prompt", ""))
+        concrete, _ = resolve_auto_guidance(_auto_source(users), str(_resolved_top(users, "device", "auto")), prompt)
+        found = object_layer(prompt) if family(concrete) == "prior" else None
+        objects = [found] if found is not None else []
     registry.lookup("guidance", concrete)  # an unknown name fails here, listing the valid ones
-    registry.lookup("loss", names["loss"])
-    return compose_layers(system_layers(concrete, names["loss"]) + users)
+    loss = _named(objects + users, "loss")
+    registry.lookup("loss", loss)
+    composed = compose_layers(system_layers(concrete, loss) + objects + users)
+    if objects:
+        composed.object_settings = _object_note(composed, prompt)
+    return composed
 
 
 def load_config(config: str | Path | None = None, overrides: list[str] | None = None, **flags: Any) -> RunConfig:

@@ -64,6 +64,18 @@ def test_out_that_cannot_hold_a_run_folder(monkeypatch, capsys, tmp_path, where)
     assert code == 1 and err.startswith("error: cannot create the run folder") and "--out must name a writable" in err
 
 
+def test_run_names_the_world_objects_settings_it_applies(monkeypatch, capsys, caplog, tmp_path):
+    out = tmp_path / "a-file"  # stops the run at its folder, after the config is composed
+    out.write_text("not a folder")
+    with caplog.at_level("INFO", logger="dreamgen"):
+        code, _ = _cli(monkeypatch, capsys, "run", "an orange cone", "--out", str(out), "--steps", "2")
+    assert code == 1 and "settings for this object: dreamgen/configs/objects/cone.yaml: loss.name=ism" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO", logger="dreamgen"):
+        code, _ = _cli(monkeypatch, capsys, "run", "an orange cone", "--loss", "sds", "--out", str(out))
+    assert code == 1 and "settings for this object" not in caplog.text  # the named loss wins: nothing applied
+
+
 def test_a_full_disk_leaves_nothing_half_written(monkeypatch, tmp_path):
     import errno
     import os

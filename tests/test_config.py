@@ -132,6 +132,46 @@ def test_auto_resolves_when_composed(monkeypatch):
     assert cfg.cfg.trainer.steps == 10000  # the stable-diffusion profile and sds recipe were chosen
 
 
+def test_auto_applies_the_world_objects_own_settings():
+    cube = compose_new(None, [], prompt="a red cube")
+    assert cube.cfg.geometry.blob_radius == 0.5 and cube.sources["geometry.blob_radius"] == "object cube"
+    sphere = compose_new(None, [], prompt="a blue sphere")  # no settings of its own: the profile's
+    assert sphere.cfg.geometry.blob_radius == 0.25 and sphere.sources["geometry.blob_radius"] == "profile prior"
+    cone = compose_new(None, [], prompt="an orange cone")
+    assert cone.cfg.loss.name == "ism" and cone.sources["loss.name"] == "object cone"
+    assert cone.cfg.loss.guidance_scale == 7.5  # ISM's own default, not the SDS recipe's 20
+    cyl = compose_new(None, [], prompt="a green cylinder")
+    assert cyl.cfg.guidance.name == "shapes-cam" and list(cyl.cfg.camera.resolution) == [64]
+    assert cyl.sources["guidance.name"].startswith("auto: ")  # the choice is still auto's, read from the object
+    assert cyl.object_settings == "dreamgen/configs/objects/cylinder.yaml: guidance.name=shapes-cam"
+    assert cube.object_settings == "dreamgen/configs/objects/cube.yaml: geometry.blob_radius=0.5"
+    assert sphere.object_settings == ""
+
+
+def test_named_choices_override_the_world_objects_settings():
+    cone = compose_new(None, [], prompt="an orange cone", **{"loss.name": "sds"})
+    assert cone.cfg.loss.name == "sds" and cone.sources["loss.guidance_scale"] == "recipe prior/sds"
+    assert cone.object_settings == ""  # nothing of the cone's own settings applied
+    cube = compose_new(None, [], prompt="a red cube", **{"guidance.name": "shapes"})  # not auto: the plain profile
+    assert cube.cfg.geometry.blob_radius == 0.25
+    cyl = compose_new(None, ["geometry.blob_radius=0.3"], prompt="a green cylinder", **{"guidance.name": "shapes"})
+    assert cyl.cfg.guidance.name == "shapes" and list(cyl.cfg.camera.resolution) == [32]
+    assert cyl.cfg.geometry.blob_radius == 0.3
+
+
+def test_every_object_settings_file_names_a_world_object_and_composes():
+    from dreamgen.prior.io import load_spec
+    from dreamgen.world.captions import caption
+
+    files = sorted(p.name[:-5] for p in (config_module.configs_root() / "objects").iterdir()
+                   if p.name.endswith(".yaml"))
+    assert files, "no object settings shipped"
+    for shape in files:
+        assert shape in load_spec("v2").shapes, f"objects/{shape}.yaml names no object of the world"
+        composed = compose_new(None, [], prompt=caption("red", shape))
+        assert f"object {shape}" in composed.sources.values() or composed.cfg.guidance.name != "shapes"
+
+
 def test_explain_names_the_layer_of_each_value(tmp_path):
     f = tmp_path / "c.yaml"
     f.write_text("trainer:\n  checkpoint_every: 7\n")
