@@ -358,19 +358,19 @@ def embedded_prior_for(prompt: str) -> str:
     return "shapes" if shape in load_spec("v1").shapes else "shapes-cam"
 
 
-def object_layer(prompt: str) -> Layer | None:
+def object_layer(shape: str, own: dict[str, Any]) -> Layer:
     """The world object's own settings as a layer, without the ``guidance.name`` that :func:`embedded_prior_for`
     has read (so ``auto`` stays the name resolved)."""
-    shape, own = _object_settings(prompt)
-    if not own:
-        return None
-    own.get("guidance", {}).pop("name", None)
-    return Layer(f"object {shape}", OmegaConf.create({k: v for k, v in own.items() if v != {}}))
+    data = OmegaConf.create(own)
+    if "guidance" in data:
+        data.guidance.pop("name", None)
+        if not data.guidance:
+            del data["guidance"]
+    return Layer(f"object {shape}", data)
 
 
-def _object_note(composed: Composed, prompt: str) -> str:
+def _object_note(composed: Composed, shape: str, own: dict[str, Any]) -> str:
     """What the world object's settings changed in ``composed`` (a later layer may have named another loss)."""
-    shape, own = _object_settings(prompt)
     label = f"object {shape}"
     values = {k: functools.reduce(getattr, k.split("."), composed.cfg)
               for k, src in composed.sources.items() if src == label}
@@ -446,14 +446,14 @@ def compose_new(config: str | Path | None = None, overrides: list[str] | None = 
     if concrete == "auto":
         prompt = str(_resolved_top(users, "prompt", ""))
         concrete, _ = resolve_auto_guidance(_auto_source(users), str(_resolved_top(users, "device", "auto")), prompt)
-        found = object_layer(prompt) if family(concrete) == "prior" else None
-        objects = [found] if found is not None else []
+        shape, own = _object_settings(prompt) if family(concrete) == "prior" else ("", {})
+        objects = [object_layer(shape, own)] if own else []
     registry.lookup("guidance", concrete)  # an unknown name fails here, listing the valid ones
     loss = _named(objects + users, "loss")
     registry.lookup("loss", loss)
     composed = compose_layers(system_layers(concrete, loss) + objects + users)
     if objects:
-        composed.object_settings = _object_note(composed, prompt)
+        composed.object_settings = _object_note(composed, shape, own)
     return composed
 
 
