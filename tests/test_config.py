@@ -146,6 +146,10 @@ def test_auto_applies_the_world_objects_own_settings():
     assert cyl.object_settings == "dreamgen/configs/objects/cylinder.yaml: guidance.name=shapes-cam"
     assert cube.object_settings == "dreamgen/configs/objects/cube.yaml: geometry.blob_radius=0.5"
     assert sphere.object_settings == ""
+    tv = compose_new(None, [], prompt="a cyan tv")  # auto's shapes-cam, with the object's CFG over the recipe's
+    assert tv.cfg.guidance.name == "shapes-cam" and tv.cfg.loss.name == "sds"
+    assert tv.cfg.loss.guidance_scale == 7.5 and tv.sources["loss.guidance_scale"] == "object tv"
+    assert tv.object_settings == "dreamgen/configs/objects/tv.yaml: loss.guidance_scale=7.5"
 
 
 def test_named_choices_override_the_world_objects_settings():
@@ -157,6 +161,8 @@ def test_named_choices_override_the_world_objects_settings():
     cyl = compose_new(None, ["geometry.blob_radius=0.3"], prompt="a green cylinder", **{"guidance.name": "shapes"})
     assert cyl.cfg.guidance.name == "shapes" and list(cyl.cfg.camera.resolution) == [32]
     assert cyl.cfg.geometry.blob_radius == 0.3
+    tv = compose_new(None, [], prompt="a cyan tv", **{"guidance.name": "shapes-cam"})  # named, not auto's choice
+    assert tv.cfg.loss.guidance_scale == 20.0 and tv.sources["loss.guidance_scale"] == "recipe prior/sds"
 
 
 def test_every_object_settings_file_names_a_world_object_and_composes():
