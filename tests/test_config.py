@@ -150,6 +150,9 @@ def test_auto_applies_the_world_objects_own_settings():
     assert tv.cfg.guidance.name == "shapes-cam" and tv.cfg.loss.name == "sds"
     assert tv.cfg.loss.guidance_scale == 7.5 and tv.sources["loss.guidance_scale"] == "object tv"
     assert tv.object_settings == "dreamgen/configs/objects/tv.yaml: loss.guidance_scale=7.5"
+    house = compose_new(None, [], prompt="a yellow house")  # a guidance, a loss setting and a stage setting at once
+    assert (house.cfg.guidance.name, house.cfg.loss.guidance_scale, house.cfg.fine.train_texture) == ("shapes-cam", 7.5, False)
+    assert list(house.cfg.camera.resolution) == [64] and house.cfg.geometry.blob_radius == 0.25
 
 
 def test_named_choices_override_the_world_objects_settings():
