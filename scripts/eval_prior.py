@@ -1,10 +1,12 @@
 #!/usr/bin/env python
 """Evaluate the embedded prior: colour / object accuracy per caption, and the front features of the house, tv and
 arrow: shown in "..., front view" samples and hidden in "..., back view" ones, and (v2) the same when the plain
-caption is sampled with the camera at azimuth 0 and 180°.
+caption is sampled with the camera at azimuth 0 and 180°; and (v2) whether the camera sets the view: the samples'
+outline against the true object's at the same camera, with the text-only samples as the baseline ("pose_error").
 
     python scripts/eval_prior.py --device cuda --out docs/prior --metrics /tmp/prior_v2/metrics.jsonl  # ~1 min
     python scripts/eval_prior.py --weights /tmp/w.safetensors --out outputs/prior_eval --check
+    python scripts/eval_prior.py --pose-only --out docs/prior          # does the camera set the view? (CPU: ~2 min)
 
 Writes eval.json (numbers), samples.png (one line per colour: every object, then each front-feature object's front
 and back views, then its camera-0° and camera-180° samples) and, with --metrics, loss.png. Exits non-zero when a
@@ -40,28 +42,41 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid-per-condition", type=int, default=2, help="samples of each condition in samples.png")
     ap.add_argument("--metrics", default="", help="a training metrics.jsonl to plot as loss.png")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target in TARGETS is missed")
+    ap.add_argument("--pose-only", action="store_true",
+                    help="only the camera-pose check (a minute on a CPU): writes pose.json, the same numbers as "
+                         "eval.json's pose_error")
     a = ap.parse_args(argv)
 
     import imageio.v3 as iio
     import torch
 
-    from dreamgen.prior.evaluate import evaluate_prior, loss_curve, sample_grid
+    from dreamgen.prior.evaluate import evaluate_prior, loss_curve, pose_errors, sample_grid
     from dreamgen.prior.io import load_prior
 
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
     model = load_prior(a.weights, device)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if a.pose_only:
+        if not model.spec.camera_dim:
+            ap.error(f"{a.weights} has no camera input: nothing to check")
+        pose = pose_errors(model, a.n, a.steps, a.guidance_scale, torch.Generator(device).manual_seed(a.seed))
+        (out / "pose.json").write_text(json.dumps(pose, indent=2) + "\n")
+        print(json.dumps({"camera": round(pose["camera"], 3), "text_only": round(pose["text_only"], 3),
+                          "out": str(out)}), flush=True)
+        return 0
     report, images = evaluate_prior(model, a.n, a.steps, a.guidance_scale, a.seed, a.classifier_per_pair,
                                     a.classifier_steps)
     targets = {k: v for k, v in TARGETS.items() if report[k] is not None}
     report["targets"] = targets
     report["passed"] = {k: report[k] >= v for k, v in targets.items()}
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
     iio.imwrite(out / "samples.png", sample_grid(images, len(model.spec.colours), a.grid_per_condition).numpy())
     if a.metrics:
         loss_curve(a.metrics).save(out / "loss.png")
     summary = {k: round(report[k], 4) for k in targets}
+    if report["pose_error"] is not None:
+        summary["pose_error"] = {k: round(report["pose_error"][k], 3) for k in ("camera", "text_only")}
     print(json.dumps({**summary, "classifier_gt": report["classifier_gt"], "out": str(out)}), flush=True)
     return 0 if (not a.check or all(report["passed"].values())) else 1
 

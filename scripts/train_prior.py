@@ -34,6 +34,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--n-images", type=int, default=d.n_images, help="renders in the (seeded) training set")
     ap.add_argument("--p-camera-drop", type=float, default=d.p_camera_drop,
                     help="fraction of samples trained with the null camera (independent of caption dropout)")
+    ap.add_argument("--weight-floor", type=float, default=d.weight_floor,
+                    help="lower bound of the min-SNR loss weight (it falls to 0 at high noise, where the layout forms)")
+    ap.add_argument("--front-bias", type=float, default=d.front_bias,
+                    help="fraction of the house/tv/arrow renders taken within 45° of the front "
+                         "(web photos' bias; 0.25: uniform)")
+    ap.add_argument("--init", default=d.init,
+                    help="start from these exported weights (a packaged name such as v2, or a path): a fine-tune; "
+                         "their spec replaces --preset")
     ap.add_argument("--device", default=d.device, help="auto | cpu | cuda | cuda:N")
     ap.add_argument("--out", default=d.out, help="work dir: checkpoint.pt, metrics.jsonl, samples_*.png")
     ap.add_argument("--export", default=d.export,
@@ -46,7 +54,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--sample-steps", type=int, default=d.sample_steps, help="DDIM steps of the sample grid; 0: none")
     a = ap.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, n_images=a.n_images,
-                      p_camera_drop=a.p_camera_drop, device=a.device, out=a.out, export=a.export, seed=a.seed,
+                      p_camera_drop=a.p_camera_drop, weight_floor=a.weight_floor, init=a.init,
+                      front_bias=a.front_bias,
+                      device=a.device, out=a.out, export=a.export, seed=a.seed,
                       time_budget=a.time_budget, log_every=a.log_every, ckpt_every=a.ckpt_every,
                       sample_steps=a.sample_steps, spec=PRESETS[a.preset]())
     Trainer(cfg, t_start=T_START).train()

@@ -335,11 +335,15 @@ def test_guidance_refuses_an_object_its_weights_do_not_know():
 
 
 # ---- training script -----------------------------------------------------------------------------------------------
-def _train_main():
-    spec = importlib.util.spec_from_file_location("train_prior", REPO / "scripts" / "train_prior.py")
+def _script_main(name: str = "train_prior"):
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod.main
+
+
+def _train_main():
+    return _script_main("train_prior")
 
 
 COMMON = ["--preset", "tiny", "--device", "cpu", "--n-images", "8", "--batch-size", "2", "--log-every", "1"]
@@ -375,6 +379,38 @@ def test_train_script_runs_exports_and_resumes_exactly(tmp_path, capsys):
                            "--export", "", "--sample-steps", "0"])
 
 
+def test_weight_floor_lifts_only_the_high_noise_weights():
+    from dreamgen.prior.train import snr_weights
+
+    ac = PriorSpec.v2().make_scheduler().alphas_cumprod.float()
+    plain, floored = snr_weights(ac, 5.0), snr_weights(ac, 5.0, floor=0.25)
+    assert plain[-1] < 1e-3 and plain[800] < 0.1  # min-SNR all but ignores the steps where the layout forms
+    assert floored.min() == pytest.approx(0.25) and floored[-1] == pytest.approx(0.25)
+    above = plain >= 0.25
+    assert above.any() and torch.equal(floored[above], plain[above])
+
+
+def test_init_fine_tunes_exported_weights_and_keeps_their_spec(tmp_path, weights):
+    main = _train_main()
+    # --preset v1 is overridden by the starting weights' spec (the tiny v2 layout with a camera input).
+    args = ["--preset", "v1", "--device", "cpu", "--n-images", "8", "--batch-size", "2", "--sample-steps", "0",
+            "--init", str(weights["v2"]), "--weight-floor", "0.2"]
+    main(args + ["--steps", "0", "--out", str(tmp_path / "zero"), "--export", str(tmp_path / "zero.safetensors")])
+    start, copied = load_prior(weights["v2"]), load_prior(tmp_path / "zero.safetensors")
+    assert copied.spec.camera_dim == start.spec.camera_dim == 4
+    for k, v in start.state_dict().items():
+        assert torch.equal(v, copied.state_dict()[k]), k
+
+    main(args + ["--steps", "2", "--out", str(tmp_path / "two"), "--export", str(tmp_path / "two.safetensors")])
+    tuned = load_prior(tmp_path / "two.safetensors")
+    assert any(not torch.equal(v, tuned.state_dict()[k]) for k, v in start.state_dict().items())
+    with pytest.raises(SystemExit, match="different settings.*weight_floor"):
+        main(args[:-1] + ["0.3", "--steps", "3", "--out", str(tmp_path / "two"), "--export", ""])
+    with pytest.raises(SystemExit, match="--init"):
+        main(args[:-4] + ["--init", str(tmp_path / "nowhere.safetensors"), "--steps", "1",
+                          "--out", str(tmp_path / "x"), "--export", ""])
+
+
 def test_resume_refuses_a_checkpoint_that_would_run_code(tmp_path):
     class Payload:  # what a crafted pickle could do on load
         def __reduce__(self):
@@ -403,6 +439,43 @@ def test_eval_conditions_and_grid_layout(version):
     out = sample_grid(images, len(COLOURS), per_row=2)
     assert out.shape == (len(COLOURS) * 5 + 1, 2 * per_colour * 5 + 1, 3)  # one line per colour, 4 px + 1 px pad
     assert (out[1:5, 1 + 5 * (2 * len(SHAPES) + 1):][:, :4] == 255).all()
+
+
+def test_outline_aspect_measures_the_bounding_box_over_white():
+    from dreamgen.prior.evaluate import outline_aspect
+
+    images = torch.full((3, 16, 16, 3), 255, dtype=torch.uint8)
+    images[0, 4:12, 2:6] = 0  # 4 wide, 8 tall
+    images[1, 1:3, 0:16] = torch.tensor([255, 0, 0], dtype=torch.uint8)  # 16 wide, 2 tall: red is off white
+    aspect = outline_aspect(images)
+    assert aspect[0].item() == pytest.approx(0.5) and aspect[1].item() == pytest.approx(8.0)
+    assert torch.isnan(aspect[2])  # nothing drawn
+
+
+def test_pose_errors_compare_camera_and_text_only_samples_with_the_true_outline():
+    from dreamgen.prior.evaluate import POSE_AZIMUTHS, pose_errors
+
+    model = tiny_prior(version="v2")
+    report = pose_errors(model, n=2, steps=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    assert set(report["per_shape"]) == set(FRONT_FEATURE_SHAPES)
+    tv = report["per_shape"]["tv"]
+    assert list(tv) == list(POSE_AZIMUTHS)
+    assert tv[90.0]["true"] < 0.5 < 1.0 < tv[0.0]["true"]  # a thin panel: narrow side-on, wide face-on
+    assert report["per_shape"]["arrow"][90.0]["true"] > 1.5  # a long arrow seen side-on
+    # Text-only samples do not depend on the camera: one set of ratios for every azimuth.
+    assert len({round(v["text_only"], 6) for v in tv.values() if v["text_only"] == v["text_only"]}) <= 1
+    assert report["camera"] >= 0 and report["text_only"] >= 0
+
+
+def test_eval_script_pose_only_writes_pose_json_and_refuses_text_only_weights(tmp_path, weights, capsys):
+    main = _script_main("eval_prior")
+    args = ["--device", "cpu", "--n", "2", "--steps", "2", "--pose-only", "--out", str(tmp_path)]
+    assert main(args + ["--weights", str(weights["v2"])]) == 0
+    pose = json.loads((tmp_path / "pose.json").read_text())
+    assert set(pose) == {"camera", "text_only", "per_shape"} and '"camera"' in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(args + ["--weights", str(weights["v1"])])
+    assert exit_info.value.code == 2 and "no camera input" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("resolution", [32, 64])

@@ -12,6 +12,13 @@ Checks, per colour: every "a {colour} {object}" (colour and object accuracy); fo
 "..., front view" samples must be classified facing and the "..., back view" ones not; with a camera input (v2),
 the plain caption sampled with the camera at azimuth 0 must face and at 180° must not (at the eval orbit's
 elevation and distance).
+
+Pose (:func:`pose_errors`, v2): facing is paint; whether the camera also sets the *view* is a separate question,
+which decides whether camera-aware guidance can ask a side view for a side's outline. For each front-feature object
+and azimuth 0°, 45°, …, 180°, the samples' outline (the bounding box of the pixels off the white background) is
+compared with the true object's at the same camera: |log(width/height ratio of the sample / of the truth)|,
+median over samples. The text-only samples (same noise, null camera) are the baseline: a camera that sets the
+view lowers the error below theirs; a thin tv seen side-on has ratio 0.39, face-on 1.07.
 """
 
 from __future__ import annotations
@@ -25,17 +32,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dreamgen.cameras import CameraConfig, wrap_degrees
+from dreamgen.cameras import CameraConfig, make_cameras, wrap_degrees
 from dreamgen.prior.model import ShapesPrior
 from dreamgen.prior.sample import grid, sample, to_uint8
 from dreamgen.world.captions import caption
 from dreamgen.world.dataset import WorldDataset, make_dataset
 from dreamgen.world.objects import COLOURS, FRONT_FEATURE_SHAPES, SHAPES
+from dreamgen.world.render import DEFAULT_BACKGROUND, render
 
 COLOUR_NAMES = list(COLOURS)
 # Facing head of each shape (−1: no front).
 FRONT_INDEX = torch.tensor([FRONT_FEATURE_SHAPES.index(s) if s in FRONT_FEATURE_SHAPES else -1 for s in SHAPES])
 CLASSIFIER_SEED = 1_000_003  # far from training seeds, so the classifier's data is not the prior's training set
+POSE_AZIMUTHS = (0.0, 45.0, 90.0, 135.0, 180.0)
 
 
 def front_facing(azimuth: Tensor) -> Tensor:
@@ -174,6 +183,58 @@ def sample_rows(model: ShapesPrior, rows: list[tuple[str, str, str, str | None, 
     return out.reshape(len(rows), n, s, s, 3)
 
 
+def outline_aspect(images: Tensor, tol: float = 0.15) -> Tensor:
+    """uint8 [N,S,S,3] over the white background -> [N] width / height of the bounding box of the pixels that differ
+    from it by more than ``tol`` in some channel (NaN for an empty image)."""
+    bg = torch.tensor(DEFAULT_BACKGROUND, device=images.device)
+    fg = (images.float() / 255.0 - bg).abs().amax(-1) > tol  # [N,S,S]
+    cols, rows = fg.any(1), fg.any(2)  # [N,S] each
+
+    def extent(m: Tensor) -> Tensor:
+        idx = torch.arange(m.shape[1], device=m.device).expand_as(m)
+        hi = torch.where(m, idx, -1).amax(1)
+        lo = torch.where(m, idx, m.shape[1]).amin(1)
+        return (hi - lo + 1).float()
+
+    aspect = extent(cols) / extent(rows)
+    return torch.where(fg.flatten(1).any(1), aspect, torch.full_like(aspect, math.nan))
+
+
+@torch.no_grad()
+def pose_errors(model: ShapesPrior, n: int, steps: int, guidance_scale: float, generator: torch.Generator,
+                colour: str = "red") -> dict[str, Any]:
+    """Does the camera set the view? (module docstring). -> {"camera": median error with the camera, "text_only":
+    the same samples' noise without it, "per_shape": {shape: {azimuth: {"true", "camera", "text_only"}}}} where
+    the per-azimuth entries are the true ratio and the samples' median ratios."""
+    dev = next(model.parameters()).device
+    s, view = model.spec.image_size, CameraConfig()
+    fronts = [sh for sh in FRONT_FEATURE_SHAPES if sh in model.spec.shapes]
+    full = lambda v: torch.full((n,), float(v), device=dev)  # noqa: E731
+    noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
+    errs = {"camera": [], "text_only": []}
+    per_shape: dict[str, dict[float, dict[str, float]]] = {}
+    for shape in fronts:
+        prompts = [caption(colour, shape)] * n
+        # The same initial noise for every condition, so only the condition differs.
+        text_only = outline_aspect(to_uint8(sample(model, prompts, steps, guidance_scale,
+                                                   torch.Generator(dev).manual_seed(noise_seed))))
+        per_shape[shape] = {}
+        for az in POSE_AZIMUTHS:
+            cams = make_cameras(full(az)[:1], full(view.eval_elevation)[:1], full(view.eval_distance)[:1],
+                                full(view.eval_fov)[:1], s, view)
+            rgb, _, _ = render(shape, colour, cams, supersample=2)
+            true = outline_aspect((rgb * 255).round().to(torch.uint8))[0]
+            camera = model.camera_features(full(az), full(view.eval_elevation), full(view.eval_distance))
+            with_camera = outline_aspect(to_uint8(sample(model, prompts, steps, guidance_scale,
+                                                         torch.Generator(dev).manual_seed(noise_seed), camera)))
+            errs["camera"].append((with_camera / true).log().abs())
+            errs["text_only"].append((text_only / true).log().abs())
+            per_shape[shape][az] = {"true": true.item(), "camera": with_camera.nanmedian().item(),
+                                    "text_only": text_only.nanmedian().item()}
+    return {"camera": torch.cat(errs["camera"]).nanmedian().item(),
+            "text_only": torch.cat(errs["text_only"]).nanmedian().item(), "per_shape": per_shape}
+
+
 def evaluate_prior(model: ShapesPrior, n_per_caption: int = 16, steps: int = 50, guidance_scale: float = 3.0,
                    seed: int = 0, classifier_per_pair: int = 200, classifier_steps: int = 400,
                    batch: int | None = None) -> tuple[dict[str, Any], Tensor]:
@@ -226,6 +287,8 @@ def evaluate_prior(model: ShapesPrior, n_per_caption: int = 16, steps: int = 50,
         "per_caption": {r[0]: {"colour": _mean(colour_ok[i * per:(i + 1) * per]),
                                "object": _mean(shape_ok[i * per:(i + 1) * per])}
                         for i, r in enumerate(rows) if r[3] is None and r[4] is None},
+        "pose_error": (pose_errors(model, per, steps, guidance_scale, torch.Generator(dev).manual_seed(seed))
+                       if model.spec.camera_dim else None),
         "classifier_gt": classifier_accuracy(net, held_out),
         "settings": {"n_per_caption": n_per_caption, "ddim_steps": steps, "guidance_scale": guidance_scale,
                      "seed": seed, "classifier_per_pair": classifier_per_pair, "classifier_steps": classifier_steps,

@@ -5,10 +5,16 @@
 - Data: :func:`dreamgen.world.make_dataset` (seeded, rendered on the training device), held on the training device
   as uint8 with its captions tokenised and its cameras featurised once; batches are drawn with replacement by a
   seeded generator.
-- Objective: v-prediction MSE with min-SNR-γ weights ``min(SNR, γ)/(SNR + 1)`` (Hang et al. 2023: the x0-loss
-  weight min(SNR, γ) expressed for v), uniform t, caption dropout ``p_uncond`` (the whole caption becomes the null
-  prompt) for classifier-free guidance and, independently, camera dropout ``p_camera_drop`` (the null camera), so
-  the model learns p(x | text), p(x | text, camera), p(x | camera) and p(x).
+- Objective: v-prediction MSE with min-SNR-γ weights ``min(SNR, γ)/(SNR + 1)`` (Hang et al. 2023: the x0-loss weight
+  min(SNR, γ) expressed for v), raised to at least ``weight_floor``, uniform t, caption dropout ``p_uncond`` (the
+  whole caption becomes the null prompt) for classifier-free guidance and, independently, camera dropout
+  ``p_camera_drop`` (the null camera), so the model learns p(x | text), p(x | text, camera), p(x | camera) and p(x).
+  The min-SNR weight falls to 0 as the SNR does (0.09 at t = 800, 0.006 at t = 950 of 1000), where a sample's layout
+  — the pose a camera asks for — is decided and where score distillation's large-t steps read the model:
+  ``weight_floor`` keeps those steps in the objective.
+- ``init``: start from exported weights (a packaged name or a path; their spec replaces the preset's) instead of
+  random ones — a fine-tune of a shipped prior. ``front_bias``: the share of the house's, tv's and arrow's renders
+  within 45° of their front (0.7, as web photos; 0.25 spreads them evenly).
 - AdamW with linear warm-up then a constant rate; EMA of the weights (decay warmed up as (1+k)/(10+k)), which is
   what gets exported. bf16 autocast on CUDA.
 - The work dir holds ``checkpoint.pt`` (model, EMA, optimiser, step, RNG states as tensors, config as plain types:
@@ -30,7 +36,8 @@ import torch
 from torch import Tensor
 
 from dreamgen.cameras import VIEWS, CameraConfig
-from dreamgen.prior.io import DEFAULT_WEIGHTS, save_prior
+from dreamgen.errors import GuidanceLoadError
+from dreamgen.prior.io import DEFAULT_WEIGHTS, load_prior, save_prior
 from dreamgen.prior.model import PriorSpec, ShapesPrior, count_parameters
 from dreamgen.prior.sample import grid, sample, to_uint8
 from dreamgen.world.captions import caption
@@ -61,6 +68,9 @@ class TrainConfig:
     p_uncond: float = 0.1
     p_camera_drop: float = 0.25  # independent of p_uncond; unused without a camera input
     min_snr_gamma: float = 5.0
+    weight_floor: float = 0.0  # lower bound of the min-SNR weight (see the module docstring)
+    front_bias: float = 0.7  # of the front objects' photos, the fraction taken within 45° of the front
+    init: str = ""  # exported weights to start from ('' = random initialisation)
     ema_decay: float = 0.999
     grad_clip: float = 1.0
     log_every: int = 50
@@ -70,6 +80,7 @@ class TrainConfig:
 
     # Fields that must match for a checkpoint to be resumed (they fix the data and the model).
     RESUME_KEYS = ("n_images", "seed", "batch_size", "lr", "warmup", "p_uncond", "p_camera_drop", "min_snr_gamma",
+                   "weight_floor", "init", "front_bias",
                    "ema_decay")
 
 
@@ -84,16 +95,17 @@ def resolve_device(name: str) -> torch.device:
 def load_data(cfg: TrainConfig, model: ShapesPrior, device: torch.device) -> tuple[Tensor, Tensor, Tensor | None]:
     """-> images uint8 [N,3,S,S], caption tokens long [N,3] and camera features [N,camera_dim] (None without a
     camera input), all on ``device``."""
-    ds = make_dataset(cfg.n_images, resolution=cfg.spec.image_size, seed=cfg.seed, device=device)
+    ds = make_dataset(cfg.n_images, resolution=cfg.spec.image_size, seed=cfg.seed, device=device,
+                      front_bias=cfg.front_bias)
     tokens = model.tokenizer(ds.captions)
     camera = model.camera_features(ds.azimuth, ds.elevation, ds.distance) if cfg.spec.camera_dim else None
     return ds.images.permute(0, 3, 1, 2).contiguous().to(device), tokens.to(device), camera
 
 
-def snr_weights(alphas_cumprod: Tensor, gamma: float) -> Tensor:
-    """[T] min-SNR-γ weights for the v-prediction MSE."""
+def snr_weights(alphas_cumprod: Tensor, gamma: float, floor: float = 0.0) -> Tensor:
+    """[T] min-SNR-γ weights for the v-prediction MSE, at least ``floor``."""
     snr = alphas_cumprod / (1 - alphas_cumprod)
-    return snr.clamp(max=gamma) / (snr + 1)
+    return (snr.clamp(max=gamma) / (snr + 1)).clamp(min=floor)
 
 
 def training_loss(model: ShapesPrior, x0: Tensor, tokens: Tensor, camera: Tensor | None, alphas_cumprod: Tensor,
@@ -132,6 +144,13 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         if cfg.batch_size <= 0:
             cfg.batch_size = 512 if self.device.type == "cuda" else 32
+        start = None
+        if cfg.init:
+            try:
+                start = load_prior(cfg.init)
+            except GuidanceLoadError as e:
+                raise SystemExit(f"--init: {e}") from None
+            cfg.spec = start.spec  # a fine-tune keeps the architecture it starts from
         cfg.spec.background = list(DEFAULT_BACKGROUND)
         cfg.spec.views = list(VIEWS)
         self.cfg = cfg
@@ -141,6 +160,8 @@ class Trainer:
             torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick its fastest convolutions once
         torch.manual_seed(cfg.seed)
         self.model = ShapesPrior(cfg.spec).to(self.device)
+        if start is not None:
+            self.model.load_state_dict(start.state_dict())
         self.ema = ShapesPrior(cfg.spec).to(self.device).requires_grad_(False)
         self.ema.load_state_dict(self.model.state_dict())
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=0.0)
@@ -148,7 +169,7 @@ class Trainer:
         self.step = 0
         ac = cfg.spec.make_scheduler().alphas_cumprod.float()
         self.alphas_cumprod = ac.to(self.device)
-        self.weights = snr_weights(ac, cfg.min_snr_gamma).to(self.device)
+        self.weights = snr_weights(ac, cfg.min_snr_gamma, cfg.weight_floor).to(self.device)
         self.ckpt_path = self.out / "checkpoint.pt"
 
     # ---- checkpoint ------------------------------------------------------------------------------------------
