@@ -203,9 +203,9 @@ def outline_aspect(images: Tensor, tol: float = 0.15) -> Tensor:
 @torch.no_grad()
 def pose_errors(model: ShapesPrior, n: int, steps: int, guidance_scale: float, generator: torch.Generator,
                 colour: str = "red") -> dict[str, Any]:
-    """Does the camera set the view? (module docstring). -> {"camera": median error with the camera, "text_only":
-    the same samples' noise without it, "per_shape": {shape: {azimuth: {"true", "camera", "text_only"}}}} where
-    the per-azimuth entries are the true ratio and the samples' median ratios."""
+    """Does the camera set the view? (module docstring). -> {"camera": median error of the samples with the camera,
+    "text_only": of the same noises without it, "per_shape": {shape: {azimuth: {"true", "camera", "text_only"}}}},
+    the per-azimuth entries being the true width/height ratio and the samples' median ratios."""
     dev = next(model.parameters()).device
     s, view = model.spec.image_size, CameraConfig()
     fronts = [sh for sh in FRONT_FEATURE_SHAPES if sh in model.spec.shapes]
@@ -220,9 +220,9 @@ def pose_errors(model: ShapesPrior, n: int, steps: int, guidance_scale: float, g
                                                    torch.Generator(dev).manual_seed(noise_seed))))
         per_shape[shape] = {}
         for az in POSE_AZIMUTHS:
-            cams = make_cameras(full(az)[:1], full(view.eval_elevation)[:1], full(view.eval_distance)[:1],
-                                full(view.eval_fov)[:1], s, view)
-            rgb, _, _ = render(shape, colour, cams, supersample=2)
+            one_camera = (torch.tensor([float(v)], device=dev)
+                          for v in (az, view.eval_elevation, view.eval_distance, view.eval_fov))
+            rgb, _, _ = render(shape, colour, make_cameras(*one_camera, s, view), supersample=2)
             true = outline_aspect((rgb * 255).round().to(torch.uint8))[0]
             camera = model.camera_features(full(az), full(view.eval_elevation), full(view.eval_distance))
             with_camera = outline_aspect(to_uint8(sample(model, prompts, steps, guidance_scale,
