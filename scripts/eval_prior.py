@@ -52,6 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from dreamgen.prior.evaluate import evaluate_prior, loss_curve, pose_errors, sample_grid
     from dreamgen.prior.io import load_prior
+    from dreamgen.runs import atomic_write_text
 
     device = "cuda" if a.device == "auto" and torch.cuda.is_available() else ("cpu" if a.device == "auto" else a.device)
     model = load_prior(a.weights, device)
@@ -61,9 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         if not model.spec.camera_dim:
             ap.error(f"{a.weights} has no camera input: nothing to check")
         pose = pose_errors(model, a.n, a.steps, a.guidance_scale, torch.Generator(device).manual_seed(a.seed))
-        tmp = out / "pose.json.tmp"
-        tmp.write_text(json.dumps(pose, indent=2) + "\n")
-        tmp.replace(out / "pose.json")  # an interrupted check leaves the previous pose.json whole
+        atomic_write_text(out / "pose.json", json.dumps(pose, indent=2) + "\n")
         print(json.dumps({"camera": round(pose["camera"], 3), "text_only": round(pose["text_only"], 3),
                           "out": str(out)}), flush=True)
         return 0
