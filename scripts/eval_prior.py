@@ -2,7 +2,8 @@
 """Evaluate the embedded prior: colour / object accuracy per caption, and the front features of the house, tv and
 arrow: shown in "..., front view" samples and hidden in "..., back view" ones, and (v2) the same when the plain
 caption is sampled with the camera at azimuth 0 and 180°; and (v2) whether the camera sets the view: the samples'
-outline against the true object's at the same camera, with the text-only samples as the baseline ("pose_error").
+outline against the true object's at the same camera, with the text-only samples as the baseline ("pose_error"),
+and the same for the first step's x0 estimate at t = T, where only the condition can set the layout ("layout_error").
 
     python scripts/eval_prior.py --device cuda --out docs/prior --metrics /tmp/prior_v2/metrics.jsonl  # ~1 min
     python scripts/eval_prior.py --weights /tmp/w.safetensors --out outputs/prior_eval --check
@@ -27,6 +28,12 @@ TARGETS = {"colour_accuracy": 0.95, "object_accuracy": 0.95, "front_feature_fron
            "front_feature_back_views_hidden": 0.95, "camera_front_visible": 0.95, "camera_back_hidden": 0.95}
 
 
+def camera_summary(checks: dict) -> dict:
+    """The camera checks' medians, rounded: {"pose_error": {"camera", "text_only"}, "layout_error": {...}}."""
+    return {name: {k: round(checks[name][k], 3) for k in ("camera", "text_only")}
+            for name in ("pose_error", "layout_error")}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--weights", default="v2", help="v1, v2 (the packaged weights) or a shapes_prior .safetensors path")
@@ -43,14 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--metrics", default="", help="a training metrics.jsonl to plot as loss.png")
     ap.add_argument("--check", action="store_true", help="exit 1 if a target in TARGETS is missed")
     ap.add_argument("--pose-only", action="store_true",
-                    help="only the camera-pose check (about 2 minutes on a CPU): writes pose.json, the same "
-                         "numbers as eval.json's pose_error")
+                    help="only the camera checks (about 2 minutes on a CPU): writes pose.json, the same "
+                         "numbers as eval.json's pose_error and layout_error")
     a = ap.parse_args(argv)
 
     import imageio.v3 as iio
     import torch
 
-    from dreamgen.prior.evaluate import evaluate_prior, loss_curve, pose_errors, sample_grid
+    from dreamgen.prior.evaluate import camera_checks, evaluate_prior, loss_curve, sample_grid
     from dreamgen.prior.io import load_prior
     from dreamgen.runs import atomic_write_text
 
@@ -61,10 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     if a.pose_only:
         if not model.spec.camera_dim:
             ap.error(f"{a.weights} has no camera input: nothing to check")
-        pose = pose_errors(model, a.n, a.steps, a.guidance_scale, torch.Generator(device).manual_seed(a.seed))
-        atomic_write_text(out / "pose.json", json.dumps(pose, indent=2) + "\n")
-        print(json.dumps({"camera": round(pose["camera"], 3), "text_only": round(pose["text_only"], 3),
-                          "out": str(out)}), flush=True)
+        checks = camera_checks(model, a.n, a.steps, a.guidance_scale, a.seed)
+        atomic_write_text(out / "pose.json", json.dumps(checks, indent=2) + "\n")
+        print(json.dumps({**camera_summary(checks), "out": str(out)}), flush=True)
         return 0
     report, images = evaluate_prior(model, a.n, a.steps, a.guidance_scale, a.seed, a.classifier_per_pair,
                                     a.classifier_steps)
@@ -77,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         loss_curve(a.metrics).save(out / "loss.png")
     summary = {k: round(report[k], 4) for k in targets}
     if report["pose_error"] is not None:
-        summary["pose_error"] = {k: round(report["pose_error"][k], 3) for k in ("camera", "text_only")}
+        summary.update(camera_summary(report))
     print(json.dumps({**summary, "classifier_gt": report["classifier_gt"], "out": str(out)}), flush=True)
     return 0 if (not a.check or all(report["passed"].values())) else 1
 

@@ -39,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--front-bias", type=float, default=d.front_bias,
                     help="fraction of the house/tv/arrow renders taken within 45° of the front "
                          "(web photos' bias; 0.25: uniform)")
+    ap.add_argument("--high-noise-share", type=float, default=d.high_noise_share,
+                    help="share of each batch drawn from the noisiest tenth of the schedule at weight 1, where "
+                         "only the caption and the camera can set the layout (0: none)")
     ap.add_argument("--init", default=d.init,
                     help="start from these exported weights (a packaged name such as v2, or a path): a fine-tune; "
                          "their spec replaces --preset")
@@ -55,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     a = ap.parse_args(argv)
     cfg = TrainConfig(steps=a.steps, batch_size=a.batch_size, lr=a.lr, n_images=a.n_images,
                       p_camera_drop=a.p_camera_drop, weight_floor=a.weight_floor, init=a.init,
-                      front_bias=a.front_bias,
+                      front_bias=a.front_bias, high_noise_share=a.high_noise_share,
                       device=a.device, out=a.out, export=a.export, seed=a.seed,
                       time_budget=a.time_budget, log_every=a.log_every, ckpt_every=a.ckpt_every,
                       sample_steps=a.sample_steps, spec=PRESETS[a.preset]())

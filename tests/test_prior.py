@@ -390,6 +390,35 @@ def test_weight_floor_lifts_only_the_high_noise_weights():
     assert above.any() and torch.equal(floored[above], plain[above])
 
 
+def test_high_noise_share_trains_the_noisiest_tenth_at_weight_one():
+    from dreamgen.prior.train import training_loss
+
+    model = tiny_prior(version="v2")
+    seen: list[torch.Tensor] = []
+
+    class Spy:  # records the timesteps the loss evaluates the model at
+        embed = staticmethod(model.embed)
+
+        def __call__(self, x_t, t, emb):
+            seen.append(t)
+            return model(x_t, t, emb)
+
+    ac = PriorSpec.v2().make_scheduler().alphas_cumprod.float()
+    x0, tokens = torch.rand(256, 3, 64, 64) * 2 - 1, torch.ones(256, 3, dtype=torch.long)
+    camera, zero = torch.zeros(256, len(CAMERA_FEATURES)), torch.zeros(len(ac))
+
+    def loss(share: float) -> torch.Tensor:
+        with torch.no_grad():
+            return training_loss(Spy(), x0, tokens, camera, ac, zero, 0.1, 0.25, torch.Generator().manual_seed(0),
+                                 share)
+
+    assert loss(0.0) == 0  # every min-SNR weight zeroed: nothing left
+    assert loss(1.0) > 0 and seen[-1].min() >= 900  # all from the top tenth, at weight 1
+    loss(0.5)
+    top = (seen[-1] >= 900).float().mean().item()
+    assert 0.45 < top < 0.65  # half the batch, plus the uniform draws that land there anyway (≈ 5 %)
+
+
 def test_init_fine_tunes_exported_weights_and_keeps_their_spec(tmp_path, weights):
     main = _train_main()
     # --preset v1 is overridden by the starting weights' spec (the tiny v2 layout with a camera input).
@@ -452,6 +481,29 @@ def test_outline_aspect_measures_the_bounding_box_over_white():
     assert torch.isnan(aspect[2])  # nothing drawn
 
 
+def test_mean_outline_aspect_outlines_the_mean_image_at_half_its_largest_departure():
+    from dreamgen.prior.evaluate import mean_outline_aspect
+
+    images = torch.full((3, 16, 16, 3), 255, dtype=torch.uint8)
+    images[:, 4:12, 6:10] = 0  # a 4 x 8 core in all three
+    images[:2, 4:12, 0:16] = 0  # two are 16 wide: in the mean those pixels depart 2/3 as far, inside the outline
+    assert mean_outline_aspect(images).item() == pytest.approx(16 / 8)
+    images[:2, 4:12, 0:6] = 128  # greyer: 1/3 as far as the core, outside it
+    images[:2, 4:12, 10:16] = 128
+    assert mean_outline_aspect(images).item() == pytest.approx(4 / 8)
+
+
+def test_layout_errors_score_the_first_estimate_against_the_true_mean_view():
+    from dreamgen.prior.evaluate import POSE_AZIMUTHS, layout_errors
+
+    model = tiny_prior(version="v2")
+    report = layout_errors(model, n=2, guidance_scale=3.0, generator=torch.Generator().manual_seed(0))
+    tv = report["per_shape"]["tv"]
+    assert list(tv) == list(POSE_AZIMUTHS) and tv[90.0]["true"] < 0.5 < 1.0 < tv[0.0]["true"]
+    assert len({round(v["text_only"], 6) for v in tv.values()}) == 1  # no camera, one estimate
+    assert report["camera"] >= 0 and report["text_only"] >= 0
+
+
 def test_pose_errors_compare_camera_and_text_only_samples_with_the_true_outline():
     from dreamgen.prior.evaluate import POSE_AZIMUTHS, pose_errors
 
@@ -472,7 +524,9 @@ def test_eval_script_pose_only_writes_pose_json_and_refuses_text_only_weights(tm
     args = ["--device", "cpu", "--n", "2", "--steps", "2", "--pose-only", "--out", str(tmp_path)]
     assert main(args + ["--weights", str(weights["v2"])]) == 0
     pose = json.loads((tmp_path / "pose.json").read_text())
-    assert set(pose) == {"camera", "text_only", "per_shape"} and '"camera"' in capsys.readouterr().out
+    assert set(pose) == {"pose_error", "layout_error"}
+    assert all(set(pose[k]) == {"camera", "text_only", "per_shape"} for k in pose)
+    assert '"layout_error"' in capsys.readouterr().out
     with pytest.raises(SystemExit) as exit_info:
         main(args + ["--weights", str(weights["v1"])])
     assert exit_info.value.code == 2 and "no camera input" in capsys.readouterr().err

@@ -19,6 +19,11 @@ and azimuth 0°, 45°, …, 180°, the samples' outline (the bounding box of the
 compared with the true object's at the same camera: |log(width/height ratio of the sample / of the truth)|,
 median over samples. The text-only samples (same noise, null camera) are the baseline: a camera that sets the
 view lowers the error below theirs; a thin tv seen side-on has ratio 0.39, face-on 1.07.
+
+Layout (:func:`layout_errors`, v2): the same comparison one step earlier, where the pose is decided. At t = T the
+noisy image holds no signal, so the best x0 estimate is the mean image of the condition: with a camera, the mean of
+the object's views from there (a thin slab for a tv side-on). The outline of the mean first-step estimate is
+compared with the outline of the mean true view, both at half their largest departure from the background.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -186,8 +191,24 @@ def sample_rows(model: ShapesPrior, rows: list[tuple[str, str, str, str | None, 
 def outline_aspect(images: Tensor, tol: float = 0.15) -> Tensor:
     """uint8 [N,S,S,3] over the white background -> [N] width / height of the bounding box of the pixels that differ
     from it by more than ``tol`` in some channel (NaN for an empty image)."""
+    return bbox_aspect(background_departure(images) > tol)
+
+
+def mean_outline_aspect(images: Tensor) -> Tensor:
+    """uint8 [N,S,S,3] -> [1] width / height of their mean image's outline: the pixels departing from the background
+    by more than half the most any pixel does (a mean image's edges are soft, so no fixed tolerance fits)."""
+    departure = background_departure(images).mean(0, keepdim=True)  # [1,S,S]
+    return bbox_aspect(departure > 0.5 * departure.amax())
+
+
+def background_departure(images: Tensor) -> Tensor:
+    """uint8 [N,S,S,3] -> [N,S,S]: each pixel's largest per-channel distance from the white background."""
     bg = torch.tensor(DEFAULT_BACKGROUND, device=images.device)
-    fg = (images.float() / 255.0 - bg).abs().amax(-1) > tol  # [N,S,S]
+    return (images.float() / 255.0 - bg).abs().amax(-1)
+
+
+def bbox_aspect(fg: Tensor) -> Tensor:
+    """bool [N,S,S] -> [N] width / height of each mask's bounding box (NaN for an empty mask)."""
     cols, rows = fg.any(1), fg.any(2)  # [N,S] each
 
     def extent(m: Tensor) -> Tensor:
@@ -200,39 +221,86 @@ def outline_aspect(images: Tensor, tol: float = 0.15) -> Tensor:
     return torch.where(fg.flatten(1).any(1), aspect, torch.full_like(aspect, math.nan))
 
 
-@torch.no_grad()
-def pose_errors(model: ShapesPrior, n: int, steps: int, guidance_scale: float, generator: torch.Generator,
-                colour: str = "red") -> dict[str, Any]:
-    """Does the camera set the view? (module docstring). -> {"camera": median error of the samples with the camera,
-    "text_only": of the same noises without it, "per_shape": {shape: {azimuth: {"true", "camera", "text_only"}}}},
-    the per-azimuth entries being the true width/height ratio and the samples' median ratios."""
+OutlineOf = Callable[[list[str], "Tensor | None", int], Tensor]  # (prompts, camera features or None, noise seed)
+
+
+def outline_study(model: ShapesPrior, n: int, generator: torch.Generator, colour: str, outline_of: OutlineOf,
+                  true_outline: Callable[[str, float], Tensor]) -> dict[str, Any]:
+    """For each front-feature shape and azimuth of :data:`POSE_AZIMUTHS`: the outline the model draws with the camera
+    and from the same noises without it, against the truth's -> {"camera", "text_only": median |log ratio|,
+    "per_shape": {shape: {azimuth: {"true", "camera", "text_only"}}}} (median width/height ratios)."""
     dev = next(model.parameters()).device
-    s, view = model.spec.image_size, CameraConfig()
+    view = CameraConfig()
     fronts = [sh for sh in FRONT_FEATURE_SHAPES if sh in model.spec.shapes]
     full = lambda v: torch.full((n,), float(v), device=dev)  # noqa: E731
     noise_seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=generator.device))
-    errs = {"camera": [], "text_only": []}
+    errs: dict[str, list[Tensor]] = {"camera": [], "text_only": []}
     per_shape: dict[str, dict[float, dict[str, float]]] = {}
     for shape in fronts:
         prompts = [caption(colour, shape)] * n
-        # The same initial noise for every condition, so only the condition differs.
-        text_only = outline_aspect(to_uint8(sample(model, prompts, steps, guidance_scale,
-                                                   torch.Generator(dev).manual_seed(noise_seed))))
+        text_only = outline_of(prompts, None, noise_seed)  # the same noises for every condition
         per_shape[shape] = {}
         for az in POSE_AZIMUTHS:
-            one_camera = (torch.tensor([float(v)], device=dev)
-                          for v in (az, view.eval_elevation, view.eval_distance, view.eval_fov))
-            rgb, _, _ = render(shape, colour, make_cameras(*one_camera, s, view), supersample=2)
-            true = outline_aspect((rgb * 255).round().to(torch.uint8))[0]
+            true = true_outline(shape, az)
             camera = model.camera_features(full(az), full(view.eval_elevation), full(view.eval_distance))
-            with_camera = outline_aspect(to_uint8(sample(model, prompts, steps, guidance_scale,
-                                                         torch.Generator(dev).manual_seed(noise_seed), camera)))
+            with_camera = outline_of(prompts, camera, noise_seed)
             errs["camera"].append((with_camera / true).log().abs())
             errs["text_only"].append((text_only / true).log().abs())
             per_shape[shape][az] = {"true": true.item(), "camera": with_camera.nanmedian().item(),
                                     "text_only": text_only.nanmedian().item()}
     return {"camera": torch.cat(errs["camera"]).nanmedian().item(),
             "text_only": torch.cat(errs["text_only"]).nanmedian().item(), "per_shape": per_shape}
+
+
+def true_views(shape: str, colour: str, azimuth: float, fov: Tensor, resolution: int) -> Tensor:
+    """uint8 [len(fov),S,S,3]: the true object at ``azimuth`` from the eval orbit's elevation and distance."""
+    view, k = CameraConfig(), len(fov)
+    at = lambda v: torch.full((k,), float(v), device=fov.device)  # noqa: E731
+    cams = make_cameras(at(azimuth), at(view.eval_elevation), at(view.eval_distance), fov, resolution, view)
+    rgb, _, _ = render(shape, colour, cams, supersample=2)
+    return (rgb * 255).round().to(torch.uint8)
+
+
+@torch.no_grad()
+def pose_errors(model: ShapesPrior, n: int, steps: int, guidance_scale: float, generator: torch.Generator,
+                colour: str = "red") -> dict[str, Any]:
+    """Does the camera set the view? (module docstring): :func:`outline_study` of ``n`` DDIM samples' outlines
+    against the true object's at the eval camera."""
+    dev = next(model.parameters()).device
+    s, fov = model.spec.image_size, torch.tensor([CameraConfig().eval_fov], device=dev)
+
+    def samples(prompts: list[str], camera: Tensor | None, seed: int) -> Tensor:
+        return outline_aspect(to_uint8(sample(model, prompts, steps, guidance_scale,
+                                              torch.Generator(dev).manual_seed(seed), camera)))
+
+    return outline_study(model, n, generator, colour, samples,
+                         lambda shape, az: outline_aspect(true_views(shape, colour, az, fov, s))[0])
+
+
+@torch.no_grad()
+def layout_errors(model: ShapesPrior, n: int, guidance_scale: float, generator: torch.Generator,
+                  colour: str = "red") -> dict[str, Any]:
+    """Does the camera set the layout where only the condition can? (module docstring): :func:`outline_study` of the
+    mean of ``n`` first-step x0 estimates at t = T (from pure noise, CFG as in sampling; the best such estimate is
+    the mean image of the condition) against the mean of ``n`` true views at the eval orbit, the field of view spread
+    over the training range (the camera condition does not include it)."""
+    dev = next(model.parameters()).device
+    s, lo_hi = model.spec.image_size, CameraConfig().fov
+    fov = torch.linspace(float(lo_hi[0]), float(lo_hi[1]), n, device=dev)
+
+    def first_estimates(prompts: list[str], camera: Tensor | None, seed: int) -> Tensor:
+        x0 = sample(model, prompts, 1, guidance_scale, torch.Generator(dev).manual_seed(seed), camera)
+        return mean_outline_aspect(to_uint8(x0))
+
+    return outline_study(model, n, generator, colour, first_estimates,
+                         lambda shape, az: mean_outline_aspect(true_views(shape, colour, az, fov, s))[0])
+
+
+def camera_checks(model: ShapesPrior, n: int, steps: int, guidance_scale: float, seed: int) -> dict[str, Any]:
+    """-> {"pose_error": :func:`pose_errors`, "layout_error": :func:`layout_errors`}, each seeded by ``seed``."""
+    dev = next(model.parameters()).device
+    return {"pose_error": pose_errors(model, n, steps, guidance_scale, torch.Generator(dev).manual_seed(seed)),
+            "layout_error": layout_errors(model, n, guidance_scale, torch.Generator(dev).manual_seed(seed))}
 
 
 def evaluate_prior(model: ShapesPrior, n_per_caption: int = 16, steps: int = 50, guidance_scale: float = 3.0,
@@ -287,8 +355,8 @@ def evaluate_prior(model: ShapesPrior, n_per_caption: int = 16, steps: int = 50,
         "per_caption": {r[0]: {"colour": _mean(colour_ok[i * per:(i + 1) * per]),
                                "object": _mean(shape_ok[i * per:(i + 1) * per])}
                         for i, r in enumerate(rows) if r[3] is None and r[4] is None},
-        "pose_error": (pose_errors(model, per, steps, guidance_scale, torch.Generator(dev).manual_seed(seed))
-                       if model.spec.camera_dim else None),
+        **(camera_checks(model, per, steps, guidance_scale, seed) if model.spec.camera_dim
+           else {"pose_error": None, "layout_error": None}),
         "classifier_gt": classifier_accuracy(net, held_out),
         "settings": {"n_per_caption": n_per_caption, "ddim_steps": steps, "guidance_scale": guidance_scale,
                      "seed": seed, "classifier_per_pair": classifier_per_pair, "classifier_steps": classifier_steps,

@@ -11,7 +11,10 @@
   ``p_camera_drop`` (the null camera), so the model learns p(x | text), p(x | text, camera), p(x | camera) and p(x).
   The min-SNR weight falls to 0 as the SNR does (0.09 at t = 800, 0.006 at t = 950 of 1000), where a sample's layout
   — the pose a camera asks for — is decided and where score distillation's large-t steps read the model:
-  ``weight_floor`` keeps those steps in the objective.
+  ``weight_floor`` keeps those steps in the objective; ``high_noise_share`` trains a share of each batch on the top
+  tenth of the schedule at weight 1, where the noisy image holds almost no signal, the best x0 estimate is the
+  condition's mean image and only the condition can set a sample's pose (docs/prior.md, "Does the camera set the
+  view?").
 - ``init``: start from exported weights (a packaged name or a path; their spec replaces the preset's) instead of
   random ones — a fine-tune of a shipped prior. ``front_bias``: the share of the house's, tv's and arrow's renders
   within 45° of their front (0.7, as web photos; 0.25 spreads them evenly).
@@ -70,6 +73,7 @@ class TrainConfig:
     min_snr_gamma: float = 5.0
     weight_floor: float = 0.0  # lower bound of the min-SNR weight (see the module docstring)
     front_bias: float = 0.7  # of the front objects' photos, the fraction taken within 45° of the front
+    high_noise_share: float = 0.0  # of each batch, the samples drawn from the schedule's top tenth at weight 1
     init: str = ""  # exported weights to start from ('' = random initialisation)
     ema_decay: float = 0.999
     grad_clip: float = 1.0
@@ -80,7 +84,7 @@ class TrainConfig:
 
     # Fields that must match for a checkpoint to be resumed (they fix the data and the model).
     RESUME_KEYS = ("n_images", "seed", "batch_size", "lr", "warmup", "p_uncond", "p_camera_drop", "min_snr_gamma",
-                   "weight_floor", "init", "front_bias",
+                   "weight_floor", "init", "front_bias", "high_noise_share",
                    "ema_decay")
 
 
@@ -109,11 +113,22 @@ def snr_weights(alphas_cumprod: Tensor, gamma: float, floor: float = 0.0) -> Ten
 
 
 def training_loss(model: ShapesPrior, x0: Tensor, tokens: Tensor, camera: Tensor | None, alphas_cumprod: Tensor,
-                  weights: Tensor, p_uncond: float, p_camera_drop: float, g: torch.Generator) -> Tensor:
-    """x0 [B,3,S,S] in [-1,1], tokens [B,3], camera [B,camera_dim] or None -> weighted v-MSE (scalar)."""
+                  weights: Tensor, p_uncond: float, p_camera_drop: float, g: torch.Generator,
+                  high_noise_share: float = 0.0) -> Tensor:
+    """x0 [B,3,S,S] in [-1,1], tokens [B,3], camera [B,camera_dim] or None -> weighted v-MSE (scalar).
+
+    A share ``high_noise_share`` of the batch takes t from the top tenth of the schedule at weight 1: there the SNR is
+    ≈ 0, the v-MSE is the x0-MSE, and the best prediction is the mean image of the condition — the pose a camera
+    asks for, which min-SNR weights (≈ 0 there) never teach."""
     b = x0.shape[0]
     dev = x0.device
-    t = torch.randint(0, alphas_cumprod.shape[0], (b,), device=dev, generator=g)
+    n_t = alphas_cumprod.shape[0]
+    t = torch.randint(0, n_t, (b,), device=dev, generator=g)
+    w = weights[t]
+    if high_noise_share > 0:
+        high = torch.rand(b, device=dev, generator=g) < high_noise_share
+        t = torch.where(high, torch.randint(n_t - n_t // 10, n_t, (b,), device=dev, generator=g), t)
+        w = torch.where(high, torch.ones_like(w), weights[t])
     eps = torch.randn(x0.shape, device=dev, generator=g)
     drop = torch.rand(b, device=dev, generator=g) < p_uncond
     tokens = tokens.masked_fill(drop[:, None], 0)
@@ -124,7 +139,7 @@ def training_loss(model: ShapesPrior, x0: Tensor, tokens: Tensor, camera: Tensor
     v = a * eps - s * x0
     pred = model(x_t, t, model.embed(tokens, camera, keep_camera))
     mse = (pred.float() - v).square().mean(dim=(1, 2, 3))
-    return (weights[t] * mse).mean()
+    return (w * mse).mean()
 
 
 def grid_rows(spec: PriorSpec) -> tuple[list[str], list[tuple[str, float]], int]:
@@ -249,7 +264,8 @@ class Trainer:
             x0 = images[idx].float() / 127.5 - 1
             with autocast:
                 loss = training_loss(self.model, x0, tokens[idx], None if camera is None else camera[idx],
-                                     self.alphas_cumprod, self.weights, cfg.p_uncond, cfg.p_camera_drop, self.gen)
+                                     self.alphas_cumprod, self.weights, cfg.p_uncond, cfg.p_camera_drop, self.gen,
+                                     cfg.high_noise_share)
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
