@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     targets = {k: v for k, v in TARGETS.items() if report[k] is not None}
     report["targets"] = targets
     report["passed"] = {k: report[k] >= v for k, v in targets.items()}
-    (out / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "eval.json", json.dumps(report, indent=2) + "\n")
     iio.imwrite(out / "samples.png", sample_grid(images, len(model.spec.colours), a.grid_per_condition).numpy())
     if a.metrics:
         loss_curve(a.metrics).save(out / "loss.png")

@@ -128,7 +128,7 @@ def training_loss(model: ShapesPrior, x0: Tensor, tokens: Tensor, camera: Tensor
     if high_noise_share > 0:
         high = torch.rand(b, device=dev, generator=g) < high_noise_share
         t = torch.where(high, torch.randint(n_t - n_t // 10, n_t, (b,), device=dev, generator=g), t)
-        w = torch.where(high, torch.ones_like(w), weights[t])
+        w = torch.where(high, 1.0, w)  # the others keep their uniform draw and its weight
     eps = torch.randn(x0.shape, device=dev, generator=g)
     drop = torch.rand(b, device=dev, generator=g) < p_uncond
     tokens = tokens.masked_fill(drop[:, None], 0)
