@@ -36,7 +36,7 @@ def camera_summary(checks: dict) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--weights", default="v2", help="v1, v2 (the packaged weights) or a shapes_prior .safetensors path")
+    ap.add_argument("--weights", default="v2", help="v1, v2, v2-pose (the packaged weights) or a shapes_prior .safetensors path")
     ap.add_argument("--out", default="outputs/prior_eval")
     ap.add_argument("--device", default="auto", help="auto | cpu | cuda")
     ap.add_argument("--n", type=int, default=16, help="samples per caption (and camera)")

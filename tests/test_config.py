@@ -149,9 +149,11 @@ def test_auto_applies_the_world_objects_own_settings():
     tv = compose_new(None, [], prompt="a cyan tv")  # auto's shapes-cam, with the object's CFG over the recipe's
     assert tv.cfg.guidance.name == "shapes-cam" and tv.cfg.loss.name == "sds"
     assert tv.cfg.loss.guidance_scale == 7.5 and tv.sources["loss.guidance_scale"] == "object tv"
-    assert tv.object_settings == "dreamgen/configs/objects/tv.yaml: loss.guidance_scale=7.5"
+    assert tv.cfg.guidance.weights == "v2-pose" and tv.sources["guidance.weights"] == "object tv"
+    assert tv.object_settings == "dreamgen/configs/objects/tv.yaml: loss.guidance_scale=7.5, guidance.weights=v2-pose"
     house = compose_new(None, [], prompt="a yellow house")  # a guidance, a loss setting and a stage setting at once
     assert (house.cfg.guidance.name, house.cfg.loss.guidance_scale, house.cfg.fine.train_texture) == ("shapes-cam", 7.5, False)
+    assert house.cfg.guidance.weights == "v2-pose"
     assert list(house.cfg.camera.resolution) == [64] and house.cfg.geometry.blob_radius == 0.25
 
 
@@ -166,6 +168,9 @@ def test_named_choices_override_the_world_objects_settings():
     assert cyl.cfg.geometry.blob_radius == 0.3
     tv = compose_new(None, [], prompt="a cyan tv", **{"guidance.name": "shapes-cam"})  # named, not auto's choice
     assert tv.cfg.loss.guidance_scale == 20.0 and tv.sources["loss.guidance_scale"] == "recipe prior/sds"
+    assert tv.cfg.guidance.weights == "v2"  # and the guidance's own weights
+    tv = compose_new(None, ["guidance.weights=v2"], prompt="a cyan tv")  # auto's choice, the object's weights overridden
+    assert tv.cfg.guidance.weights == "v2" and tv.cfg.loss.guidance_scale == 7.5
 
 
 def test_every_object_settings_file_names_a_world_object_and_composes():

@@ -314,7 +314,7 @@ def test_packaged_prior_denoises_a_red_cube_best_with_its_own_caption(name):
 
 
 @packaged
-@pytest.mark.parametrize("version,n_shapes,camera_dim", [("v1", 6, 0), ("v2", 8, 4)])
+@pytest.mark.parametrize("version,n_shapes,camera_dim", [("v1", 6, 0), ("v2", 8, 4), ("v2-pose", 8, 4)])
 def test_packaged_weights_are_small_and_describe_themselves(version, n_shapes, camera_dim):
     weights = PACKAGED[version]
     meta = json.loads(weights.with_suffix(".json").read_text())
@@ -323,6 +323,23 @@ def test_packaged_weights_are_small_and_describe_themselves(version, n_shapes, c
     # New world objects are appended, so older weights know a prefix of today's objects (v1: the first six).
     assert meta["spec"]["colours"] == list(COLOURS) and len(shapes) == n_shapes and shapes == list(SHAPES[:n_shapes])
     assert meta["spec"].get("camera_dim", 0) == camera_dim and meta["meta"]["steps"] > 0
+
+
+@packaged
+def test_pose_weights_take_the_tvs_layout_from_the_camera_where_v2_draws_it_face_on():
+    """At t = T only the condition can set the layout: the mean first-step estimate of "a cyan tv" seen side-on is a
+    slab (width / height measured ≈ 0.57; the true mean view ≈ 0.4) for v2-pose, the face-on screen (≈ 0.9) for v2."""
+    from dreamgen.prior.evaluate import mean_outline_aspect
+    from dreamgen.prior.sample import sample, to_uint8
+
+    def side_on(version: str) -> float:
+        model, n, view = load_prior(version), 8, CameraConfig()
+        full = lambda v: torch.full((n,), float(v))  # noqa: E731
+        camera = model.camera_features(full(90.0), full(view.eval_elevation), full(view.eval_distance))
+        x0 = sample(model, ["a cyan tv"] * n, 1, 3.0, torch.Generator().manual_seed(0), camera)
+        return mean_outline_aspect(to_uint8(x0)).item()
+
+    assert side_on("v2-pose") < 0.7 < 0.85 < side_on("v2")
 
 
 @packaged

@@ -7,8 +7,9 @@
 - ``--guidance shapes-cam``: the v2 weights told each render's camera (azimuth relative to the object's front,
   elevation, distance) through :meth:`ShapesCamGuidance.condition`.
 
-The weights are package data (``dreamgen/assets/shapes_prior_{v1,v2}.{safetensors,json}``, trained by
-``scripts/train_prior.py``); ``guidance.weights`` takes ``v1``, ``v2`` or a path. Its space is RGB in [-1,1] at the
+The weights are package data (``dreamgen/assets/shapes_prior_{v1,v2,v2_pose}.{safetensors,json}``, trained by
+``scripts/train_prior.py``); ``guidance.weights`` takes ``v1``, ``v2``, ``v2-pose`` (v2 fine-tuned to take the
+layout from the camera, docs/prior.md) or a path. Its space is RGB in [-1,1] at the
 prior's size, so ``encode_images`` is a differentiable antialiased resize. Prompts are world captions ("a red cube",
 "a red cube, front view"); words outside the weights' vocabulary are a :class:`PromptError`. The model predicts v;
 ``predict_noise`` returns ε = a_t·v + s_t·x_t.
@@ -38,7 +39,7 @@ LORA_TARGETS = ["conv1", "conv2", "time_emb_proj", "to_q", "to_k", "to_v", "to_o
 @dataclass
 class ShapesGuidanceConfig:
     name: str = "shapes"
-    weights: str = "v1"  # a packaged name (v1, v2) or a shapes_prior.safetensors path (its .json beside it)
+    weights: str = "v1"  # a packaged name (v1, v2, v2-pose) or a shapes_prior.safetensors path (its .json beside it)
 
 
 @dataclass

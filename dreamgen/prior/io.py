@@ -14,8 +14,10 @@ from dreamgen.prior.model import PriorSpec, ShapesPrior
 
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 # The packaged weights, by the name a guidance config gives them (docs/prior.md): v1 is the 32-px text-only prior of
-# six objects (the better teacher for text-only SDS at 32 px), v2 the 64-px eight-object prior with a camera input.
-PACKAGED = {"v1": ASSETS_DIR / "shapes_prior_v1.safetensors", "v2": ASSETS_DIR / "shapes_prior_v2.safetensors"}
+# six objects (the better teacher for text-only SDS at 32 px), v2 the 64-px eight-object prior with a camera input,
+# v2-pose v2 fine-tuned to take the layout from the camera at the top of the noise schedule (the tv's teacher).
+PACKAGED = {"v1": ASSETS_DIR / "shapes_prior_v1.safetensors", "v2": ASSETS_DIR / "shapes_prior_v2.safetensors",
+            "v2-pose": ASSETS_DIR / "shapes_prior_v2_pose.safetensors"}
 DEFAULT_WEIGHTS = PACKAGED["v2"]  # where scripts/train_prior.py exports
 TRAIN_HINT = "train them with `python scripts/train_prior.py` (a few minutes on a GPU)"
 
@@ -36,7 +38,7 @@ def save_prior(model: ShapesPrior, weights: str | Path, meta: dict[str, Any] | N
 
 
 def weights_path(weights: str | Path) -> Path:
-    """A packaged name (v1, v2) or a path -> the path of the ``.safetensors`` file."""
+    """A packaged name (v1, v2, v2-pose) or a path -> the path of the ``.safetensors`` file."""
     return PACKAGED.get(str(weights), Path(weights))
 
 
