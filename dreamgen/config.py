@@ -501,6 +501,12 @@ def validate(cfg: RunConfig) -> None:
         raise ConfigError(f"the prompt is {len(cfg.prompt)} characters long; at most {MAX_PROMPT}")
     if cfg.prompt.strip():
         guidance.cls.check_prompt(cfg.prompt, cfg.guidance)
+    if "texture" in cfg.stages and cfg.texture.weights:
+        if not hasattr(cfg.guidance, "weights"):
+            raise ConfigError(f"texture.weights={cfg.texture.weights}: --guidance {cfg.guidance.name} loads no prior "
+                              "weights; the embedded prior's guidances do (shapes, shapes64, shapes-cam)")
+        if cfg.prompt.strip():
+            guidance.cls.check_prompt(cfg.prompt, dataclasses.replace(cfg.guidance, weights=cfg.texture.weights))
     stride = guidance.meta.get("latent_stride", 1)
     sizes = [("camera.resolution", r) for r in cfg.camera.resolution]
     if "dmtet" in cfg.stages:

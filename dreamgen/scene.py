@@ -83,6 +83,10 @@ class TextureStageConfig:
     # The front phase draws new detail, so it noises more: a door is asked for at t >= 0.2 (docs/league.md, probe)
     front_t_min: float = bounded(0.2, gt=0.0, lt=1.0)
     front_t_max: float = bounded(0.5, gt=0.0, lt=1.0)
+    # The embedded prior's weights for this stage ("": the run's guidance.weights). A prior can be the better teacher of
+    # shape and the worse of paint: v2-pose, taught the layout at high noise, whitens the paint at this stage's low
+    # noise, where v2 keeps it (the house, docs/janus.md).
+    weights: str = ""
 
     def check(self, key: str) -> None:
         check_t_range(self.t_min, self.t_max, key)
@@ -128,6 +132,10 @@ class Stage:
     def loss_config(self) -> LossConfig | None:
         """The config of this stage's own loss; None trains with the run's loss."""
         return None
+
+    def guidance_weights(self) -> str:
+        """The prior weights this stage's guidance loads; "" keeps the run's guidance."""
+        return ""
 
     def settle(self, previous: nn.Module, renderer: nn.Module) -> None:
         """After a hand-off: fit what this stage's ``renderer`` shows to what the ``previous`` stage's did."""
@@ -240,6 +248,9 @@ class TextureStage(DMTetStage):
     def loss_config(self):
         tex = self.cfg.texture
         return registry.lookup("loss", tex.loss).config(name=tex.loss, guidance_scale=tex.guidance_scale)
+
+    def guidance_weights(self) -> str:
+        return self.cfg.texture.weights
 
 
 STAGES: dict[str, type[Stage]] = {"nerf": NerfStage, "dmtet": DMTetStage, "texture": TextureStage}

@@ -19,7 +19,7 @@ import random
 import time
 from collections.abc import Iterator
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -128,7 +128,8 @@ class Trainer:
         self.random = RunRandom(cfg.seed, self.device)
         seed_everything(cfg.seed)  # numpy / python streams of libraries that draw from them
         with self.random.active():
-            self.prompts = PromptSet(guidance, cfg.prompt, cfg.prompts, view_prompts=self._debiased_prompts())
+            self.view_prompts = self._debiased_prompts()
+            self.prompts = PromptSet(guidance, cfg.prompt, cfg.prompts, view_prompts=self.view_prompts)
             self.scene = Scene(cfg, self.device)
             self.run_loss = self._make_loss(cfg.loss)
             self.loss = self._stage_loss()
@@ -191,6 +192,17 @@ class Trainer:
         loss_cfg = self.scene.stage.loss_config()
         return self.run_loss if loss_cfg is None else self._make_loss(loss_cfg)
 
+    def _stage_guidance(self) -> None:
+        """Load the current stage's own prior weights, if it names any (``texture.weights``), with the prompts encoded
+        by them: each set of weights has its own text embedding."""
+        weights = self.scene.stage.guidance_weights()
+        if not weights or weights == getattr(self.guidance.cfg, "weights", None):
+            return
+        from dreamgen.guidance.auto import build_guidance
+
+        self.guidance = build_guidance(replace(self.guidance.cfg, weights=weights), self.device)
+        self.prompts = PromptSet(self.guidance, self.cfg.prompt, self.cfg.prompts, view_prompts=self.view_prompts)
+
     def _optimizer(self) -> torch.optim.Adam:
         tc = self.cfg.trainer
         return torch.optim.Adam(self.scene.param_groups(), betas=tuple(tc.adam_betas), eps=tc.adam_eps)
@@ -201,6 +213,7 @@ class Trainer:
         t0 = time.perf_counter()
         with self.random.active():
             self.scene.enter(index, self.device, handoff)
+            self._stage_guidance()
             self.loss = self._stage_loss()
         self.optimizer = self._optimizer()
         self.sampler = self.scene.stage.sampler()

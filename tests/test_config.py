@@ -153,7 +153,8 @@ def test_auto_applies_the_world_objects_own_settings():
     assert tv.object_settings == "dreamgen/configs/objects/tv.yaml: loss.guidance_scale=7.5, guidance.weights=v2-pose"
     house = compose_new(None, [], prompt="a yellow house")  # a guidance, a loss setting and a stage setting at once
     assert (house.cfg.guidance.name, house.cfg.loss.guidance_scale, house.cfg.fine.train_texture) == ("shapes-cam", 7.5, False)
-    assert house.cfg.guidance.weights == "v2-pose"
+    assert house.cfg.guidance.weights == "v2-pose"  # the shape's teacher; the texture stage paints on v2
+    assert list(house.cfg.stages) == ["nerf", "dmtet", "texture"] and house.cfg.texture.weights == "v2"
     assert list(house.cfg.camera.resolution) == [64] and house.cfg.geometry.blob_radius == 0.25
 
 

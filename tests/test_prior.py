@@ -236,6 +236,51 @@ def test_camera_guidance_needs_camera_weights(weights):
     with pytest.raises(GuidanceLoadError, match="camera condition") as e:
         ShapesCamGuidance(ShapesCamGuidanceConfig(weights=str(weights["v1"])))
     assert "\n" not in str(e.value) and "--guidance shapes" in str(e.value) and str(weights["v1"]) in str(e.value)
+    with pytest.raises(GuidanceLoadError, match="camera condition"):  # refused from the spec, before a run starts
+        ShapesCamGuidance.check_prompt("a red cube", ShapesCamGuidanceConfig(weights=str(weights["v1"])))
+
+
+def test_texture_stage_can_load_its_own_prior_weights_and_resumes_with_them(weights, tmp_path):
+    """texture.weights: the NeRF and DMTet stages run on the run's weights, the texture stage on its own — its loss,
+    its prompts (each set of weights embeds text its own way) — and a resume in that stage loads them again."""
+    from dreamgen.config import load_config
+    from dreamgen.prompts import PromptSet
+    from dreamgen.session import Session
+    from dreamgen.testing import SMALL_RUN
+
+    other = save_prior(tiny_prior(seed=1, version="v2"), tmp_path / "other.safetensors")
+    overrides = [*SMALL_RUN, "stages=[nerf,dmtet,texture]", "trainer.steps=1", "fine.steps=1", "fine.resolution=16",
+                 "fine.geometry.grid_resolution=8", "texture.steps=2", f"texture.weights={other}",
+                 "renderer.num_samples=8", "trainer.preview_every=0", "trainer.progress=false", "export.resolution=32"]
+    cfg = load_config(None, overrides, prompt="a red cube", seed=0,
+                      **{"guidance.name": "shapes-cam", "guidance.weights": str(weights["v2"])})
+    tr = Session.new(cfg, run_dir=tmp_path / "run").trainer
+    run_prompts = tr.prompts.cond_views.clone()
+    while tr.scene.stage.name != "texture":
+        assert tr.guidance.cfg.weights == str(weights["v2"]) and tr.loss.guidance is tr.guidance
+        tr.train_step() if tr.step < tr.stage_end(tr.scene.stage_index) else tr.enter_stage(tr.scene.stage_index + 1)
+    assert tr.guidance.cfg.weights == str(other) and tr.loss.guidance is tr.guidance
+    assert torch.equal(tr.prompts.cond_views, PromptSet(tr.guidance, cfg.prompt, cfg.prompts).cond_views)
+    assert not torch.equal(tr.prompts.cond_views, run_prompts)
+    tr.train_step()
+    tr.save_checkpoint()
+    resumed = Session.resume(tmp_path / "run").trainer
+    assert resumed.scene.stage.name == "texture" and resumed.guidance.cfg.weights == str(other)
+    assert resumed.loss.guidance is resumed.guidance
+
+
+def test_texture_weights_are_checked_when_the_config_is_composed(weights):
+    from dreamgen.config import load_config
+
+    def compose(texture_weights: str):
+        return load_config(None, ["stages=[nerf,dmtet,texture]", f"texture.weights={texture_weights}"],
+                           prompt="a red cube", **{"guidance.name": "shapes-cam", "guidance.weights": str(weights["v2"])})
+
+    with pytest.raises(GuidanceLoadError, match="camera condition"):
+        compose(str(weights["v1"]))  # text-only weights for a camera-aware guidance
+    with pytest.raises(GuidanceLoadError, match="not found"):
+        compose("/nowhere/w.safetensors")
+    assert compose(str(weights["v2"])).texture.weights == str(weights["v2"])
 
 
 def test_predict_noise_is_eps_from_v(tiny_weights):

@@ -257,6 +257,8 @@ def test_texture_stage_config_is_checked(tiny_sd_path):
         _cfg(tiny_sd_path, 2, ["stages=[nerf,texture]"])
     with pytest.raises(ConfigError, match="texture.front_t_min=0.5 and texture.front_t_max=0.4: front_t_min must be"):
         _cfg(tiny_sd_path, 2, ["stages=[nerf,dmtet,texture]", "texture.front_t_min=0.5", "texture.front_t_max=0.4"])
+    with pytest.raises(ConfigError, match="texture.weights=v2: --guidance stable-diffusion loads no prior weights"):
+        _cfg(tiny_sd_path, 2, ["stages=[nerf,dmtet,texture]", "texture.weights=v2"])
 
 
 def test_prebuilt_guidance_gives_the_same_run(tmp_path):

@@ -54,6 +54,13 @@ class ShapesCamGuidanceConfig:
     weights: str = "v2"  # the weights must have a camera input (camera_dim > 0)
 
 
+def _no_camera_input(cfg) -> GuidanceLoadError:
+    return GuidanceLoadError(
+        f"--guidance shapes-cam needs prior weights with a camera condition, and {weights_path(_weights(cfg))} have "
+        f"none (a text-only v1 prior): use the packaged v2 weights (guidance.weights=v2), train some with "
+        f"`python scripts/train_prior.py --preset v2`, or use --guidance shapes")
+
+
 def _weights(cfg) -> str:
     """The configured weights; "" (run folders of older versions) = the guidance's packaged default."""
     return cfg.weights or type(cfg)().weights
@@ -129,11 +136,14 @@ class ShapesCamGuidance(ShapesGuidance):
     def __init__(self, cfg: ShapesCamGuidanceConfig | None = None, device: str | torch.device = "cpu"):
         super().__init__(cfg or ShapesCamGuidanceConfig(), device)
         if not self.prior.spec.camera_dim:
-            raise GuidanceLoadError(
-                f"--guidance shapes-cam needs prior weights with a camera condition, and "
-                f"{weights_path(_weights(self.cfg))} have none (a text-only v1 prior): use the packaged v2 weights "
-                f"(guidance.weights=v2), train some with `python scripts/train_prior.py --preset v2`, or use "
-                f"--guidance shapes")
+            raise _no_camera_input(self.cfg)
+
+    @classmethod
+    def check_prompt(cls, prompt: str, cfg: ShapesCamGuidanceConfig) -> None:
+        """As ``shapes``, and the weights must take a camera (checked from their spec, before they load)."""
+        super().check_prompt(prompt, cfg)
+        if not load_spec(_weights(cfg)).camera_dim:
+            raise _no_camera_input(cfg)
 
     def condition(self, emb: Tensor, cameras: Cameras) -> Tensor:
         """emb [k·B, emb_dim] (rows particle-major) and B cameras -> the same rows with their camera fused."""
