@@ -155,6 +155,7 @@ def test_auto_applies_the_world_objects_own_settings():
     assert (house.cfg.guidance.name, house.cfg.loss.guidance_scale, house.cfg.fine.train_texture) == ("shapes-cam", 7.5, False)
     assert house.cfg.guidance.weights == "v2-pose"  # the shape's teacher; the texture stage paints on v2
     assert list(house.cfg.stages) == ["nerf", "dmtet", "texture"] and house.cfg.texture.weights == "v2"
+    assert house.cfg.export.closing_radius == 0.06 and house.sources["export.closing_radius"] == "object house"
     assert list(house.cfg.camera.resolution) == [64] and house.cfg.geometry.blob_radius == 0.25
 
 
