@@ -15,7 +15,7 @@ from dreamgen.prior.model import PriorSpec, ShapesPrior
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "assets"
 # The packaged weights, by the name a guidance config gives them (docs/prior.md): v1 is the 32-px text-only prior of
 # six objects (the better teacher for text-only SDS at 32 px), v2 the 64-px eight-object prior with a camera input,
-# v2-pose v2 fine-tuned to take the layout from the camera at the top of the noise schedule (the tv's teacher).
+# v2-pose v2 fine-tuned to take the layout from the camera at the top of the noise schedule (the tv's and house's).
 PACKAGED = {"v1": ASSETS_DIR / "shapes_prior_v1.safetensors", "v2": ASSETS_DIR / "shapes_prior_v2.safetensors",
             "v2-pose": ASSETS_DIR / "shapes_prior_v2_pose.safetensors"}
 DEFAULT_WEIGHTS = PACKAGED["v2"]  # where scripts/train_prior.py exports

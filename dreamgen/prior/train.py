@@ -13,8 +13,7 @@
   — the pose a camera asks for — is decided and where score distillation's large-t steps read the model:
   ``weight_floor`` keeps those steps in the objective; ``high_noise_share`` trains a share of each batch on the top
   tenth of the schedule at weight 1, where the noisy image holds almost no signal, the best x0 estimate is the
-  condition's mean image and only the condition can set a sample's pose (docs/prior.md, "Does the camera set the
-  view?").
+  condition's mean image and only the condition can set a sample's pose (docs/prior.md, "Where the pose is decided").
 - ``init``: start from exported weights (a packaged name or a path; their spec replaces the preset's) instead of
   random ones — a fine-tune of a shipped prior. ``front_bias``: the share of the house's, tv's and arrow's renders
   within 45° of their front (0.7, as web photos; 0.25 spreads them evenly).
